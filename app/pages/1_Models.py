@@ -1,0 +1,166 @@
+"""The model zoo: every card as a table, one model's card and training curves, and a side-by-side
+comparison. Reads only card.json and curves.parquet, so it works without the weights."""
+
+import sys
+from pathlib import Path
+
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+from plotly.subplots import make_subplots
+
+# streamlit and AppTest run pages as scripts, so app/ goes on sys.path for `import widgets`
+APP_DIR = Path(__file__).resolve().parents[1]
+if str(APP_DIR) not in sys.path:
+    sys.path.insert(0, str(APP_DIR))
+import widgets
+
+CURVE_METRICS = ("loss", "accuracy", "perplexity", "answer_loss")
+KNOWN_METRICS = ["test_accuracy", "test_loss", "test_perplexity", "test_answer_loss", "bigram_perplexity",
+                 "test_examples"]
+CARD_FIELDS = ["parameters", "training_tokens", "training_time_s", "seed"]
+ZOO_COLUMN_CONFIG = {
+    "parameters": st.column_config.NumberColumn(format="localized"),
+    "test accuracy": st.column_config.NumberColumn(format="percent"),
+    "test perplexity": st.column_config.NumberColumn(format="%.3f"),
+    "bigram perplexity": st.column_config.NumberColumn(format="%.3f"),
+    "training tokens": st.column_config.NumberColumn(format="localized"),
+    "training time s": st.column_config.NumberColumn(format="%.0f"),
+}
+
+
+def fmt(value: object, spec: str) -> str:
+    number = widgets.number(value)
+    return "-" if number is None else format(number, spec)
+
+
+def percent(value: object) -> str:
+    number = widgets.number(value)
+    return "-" if number is None else f"{100 * number:.2f}%"
+
+
+def show_section(value: object) -> None:
+    # st.json would parse a string as JSON text, so only objects and lists go through it
+    if isinstance(value, (dict, list)):
+        st.json(value)
+    else:
+        st.text("-" if value is None else str(value))
+
+
+def show_card(card: dict) -> None:
+    metrics = card.get("metrics", {})
+    st.subheader(widgets.md_escape(card["name"]))
+    st.text(f"{card.get('architecture', '?')} · task {card.get('task', {}).get('name', '?')} · "
+            f"{fmt(card.get('parameters'), ',.0f')} parameters · seed {card.get('seed', '?')}")
+    cols = st.columns(5)
+    cols[0].metric("Test accuracy", percent(metrics.get("test_accuracy")))
+    cols[1].metric("Test loss", fmt(metrics.get("test_loss"), ".4f"))
+    cols[2].metric("Test perplexity", fmt(metrics.get("test_perplexity"), ".3f"))
+    cols[3].metric("Bigram perplexity", fmt(metrics.get("bigram_perplexity"), ".3f"))
+    cols[4].metric("Training tokens", fmt(card.get("training_tokens"), ",.0f"))
+    for label, field in [("Metrics", "metrics"), ("Task", "task"), ("Model config", "model_config"),
+                         ("Train config", "train_config"), ("Evaluation", "eval")]:
+        with st.expander(label):
+            show_section(card.get(field))
+    if card.get("notes"):
+        widgets.show_text("Notes", card["notes"])
+    widgets.show_text("Trained", f"on {card.get('trained_on', '?')}, created {card.get('created', '?')}, "
+                                 f"{fmt(card.get('training_time_s'), '.0f')} s")
+    show_dictionaries(card)
+
+
+def show_dictionaries(card: dict) -> None:
+    """Dictionary metrics, which later issues add to cards as a list of objects."""
+    dictionaries = card.get("dictionaries")
+    if not isinstance(dictionaries, list) or not dictionaries:
+        return
+    rows = [d for d in dictionaries if isinstance(d, dict)]
+    st.markdown("**Dictionaries**")
+    # astype(str) on nested values keeps the Arrow conversion from failing on mixed types
+    table = pd.json_normalize(rows)
+    st.dataframe(table.apply(lambda c: c if pd.api.types.is_numeric_dtype(c) else c.astype(str)),
+                 hide_index=True)
+
+
+def show_curves(card: dict) -> None:
+    st.markdown("**Training curves**")
+    try:
+        df = widgets.load_curves(card)
+    except ValueError as err:
+        st.warning(widgets.md_escape(err))
+        return
+    if df is None:
+        st.info("This model has no curves.parquet (it was not trained by the workbench's trainer).")
+        return
+    figures = [(m, widgets.curves_figure(df, m)) for m in CURVE_METRICS]
+    figures = [(m, f) for m, f in figures if f is not None]
+    if not figures:
+        st.info("curves.parquet holds none of: " + ", ".join(CURVE_METRICS))
+        return
+    bigram = widgets.number(card.get("metrics", {}).get("bigram_perplexity"))
+    cols = st.columns(2)
+    for i, (metric, fig) in enumerate(figures):
+        if metric == "perplexity" and bigram is not None:
+            fig.add_hline(y=bigram, line_dash="dash", annotation_text="bigram baseline")
+        cols[i % 2].plotly_chart(fig, key=f"curve_{metric}")
+
+
+def unique_labels(cards: list[dict]) -> list[str]:
+    """Card names, with the folder added where two cards share a name (table columns must differ)."""
+    names = [c["name"] for c in cards]
+    return [n if names.count(n) == 1 else f"{n} ({Path(c['_folder']).name})" for n, c in zip(names, cards)]
+
+
+def comparison_table(cards: list[dict], labels: list[str]) -> pd.DataFrame:
+    """Metrics as rows, models as columns; known metrics first, then any other numeric ones."""
+    extra = sorted({k for c in cards for k, v in c.get("metrics", {}).items()
+                    if k not in KNOWN_METRICS and widgets.number(v) is not None})
+    rows = {}
+    for field in CARD_FIELDS:
+        rows[field] = [widgets.number(c.get(field)) for c in cards]
+    for key in KNOWN_METRICS + extra:
+        rows[key] = [widgets.number(c.get("metrics", {}).get(key)) for c in cards]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=labels, dtype=float)
+
+
+def comparison_figure(cards: list[dict], labels: list[str]) -> go.Figure:
+    fig = make_subplots(rows=1, cols=2, subplot_titles=("test accuracy", "parameters"))
+    accuracy = [widgets.number(c.get("metrics", {}).get("test_accuracy")) for c in cards]
+    params = [widgets.number(c.get("parameters")) for c in cards]
+    fig.add_trace(go.Bar(x=labels, y=accuracy, name="test accuracy"), row=1, col=1)
+    fig.add_trace(go.Bar(x=labels, y=params, name="parameters"), row=1, col=2)
+    fig.update_yaxes(tickformat=".0%", row=1, col=1)
+    fig.update_layout(height=360, showlegend=False, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    return fig
+
+
+def show_comparison(cards: list[dict]) -> None:
+    st.header("Compare")
+    labels = unique_labels(cards)
+    chosen = st.multiselect("Models to compare", range(len(cards)), default=list(range(min(2, len(cards)))),
+                            format_func=lambda i: labels[i], key="models_compare")
+    if not chosen:
+        st.info("Pick models above to compare them.")
+        return
+    picked, picked_labels = [cards[i] for i in chosen], [labels[i] for i in chosen]
+    st.dataframe(comparison_table(picked, picked_labels))
+    st.plotly_chart(comparison_figure(picked, picked_labels), key="compare_bars")
+
+
+def main() -> None:
+    st.set_page_config(page_title="Models · Workbench", layout="wide")
+    st.title("Model zoo")
+    cards = widgets.load_cards()
+    if not cards:
+        st.info(f"No models in {widgets.md_escape(widgets.models_dir())}. "
+                "Build the zoo with `wb zoo build` (or `make demo`).")
+        return
+    st.dataframe(widgets.zoo_dataframe(cards), column_config=ZOO_COLUMN_CONFIG, hide_index=True)
+    st.header("Model card")
+    card = widgets.model_picker(cards, key="models_card")
+    show_card(card)
+    show_curves(card)
+    show_comparison(cards)
+
+
+main()

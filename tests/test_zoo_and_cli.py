@@ -1,0 +1,94 @@
+"""The zoo builds, catalogs, tabulates and verifies; the CLI names choices and fails cleanly."""
+
+import json
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from conftest import TINY_TRANSFORMER
+from workbench.cli import app
+from workbench.store import Catalog
+from workbench.store.model_files import load_model_folder
+from workbench.training import TrainConfig
+from workbench.zoo import build, entries, verify_zoo
+from workbench.zoo.entries import ZooEntry
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def tiny_zoo(monkeypatch, tmp_path):
+    entry = ZooEntry(name="tiny-recall", architecture="transformer", task={"name": "recall", "n_pairs": 2},
+                     model=TINY_TRANSFORMER, train=TrainConfig(steps=30, batch_size=16, eval_every=10,
+                                                               eval_examples=64, checkpoint_every=10, seed=1),
+                     targets={"accuracy": 0.0}, eval_examples=200)
+    monkeypatch.setattr(entries, "ZOO", [entry])
+    monkeypatch.setattr(build, "ZOO", [entry])
+    models = tmp_path / "models"
+    build.build_zoo(models, Catalog(), progress=False, log=lambda *_: None)
+    return models
+
+
+def test_zoo_build_writes_folder_card_table_and_catalog(tiny_zoo):
+    folder = tiny_zoo / "tiny-recall"
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "tokenizer.json",
+                                                  "card.json", "curves.parquet"}
+    card = json.loads((folder / "card.json").read_text())
+    assert card["task"] == {"name": "recall", **card["task"]} and card["task"]["n_pairs"] == 2
+    assert card["training_tokens"] > 0 and card["parameters"] > 0
+    assert "tiny-recall" in (tiny_zoo / "README.md").read_text()
+    assert Catalog().get("model", "tiny-recall")["meta"]["parameters"] == card["parameters"]
+    bundle = load_model_folder(folder)
+    _, cache = bundle.model.run_with_cache(torch.zeros(1, 5, dtype=torch.long))
+    assert "blocks.0.hook_mlp_out" in cache.cache_dict
+
+
+def test_zoo_verify_passes_then_catches_a_tampered_card(tiny_zoo):
+    assert all(row.ok for row in verify_zoo(tiny_zoo))
+    card_path = tiny_zoo / "tiny-recall" / "card.json"
+    card = json.loads(card_path.read_text())
+    card["metrics"]["test_loss"] += 0.5
+    card_path.write_text(json.dumps(card))
+    (row,) = verify_zoo(tiny_zoo)
+    assert not row.ok and any("test_loss" in p for p in row.problems)
+
+
+def test_zoo_verify_reports_a_damaged_model_by_name(tiny_zoo):
+    (tiny_zoo / "tiny-recall" / "model.safetensors").write_bytes(b"garbage")
+    (row,) = verify_zoo(tiny_zoo)
+    assert not row.ok and "model.safetensors" in row.problems[0]
+
+
+def test_cli_help_lists_every_command():
+    out = runner.invoke(app, ["--help"]).output
+    for command in ("train", "eval", "zoo", "app", "demo", "tasks", "archs"):
+        assert command in out
+    assert all(c in runner.invoke(app, ["zoo", "--help"]).output for c in ("build", "verify", "list"))
+
+
+def test_cli_unknown_names_list_the_choices():
+    result = runner.invoke(app, ["train", "--arch", "rwvk"])
+    assert result.exit_code == 2 and "unknown architecture 'rwvk'; choose one of: transformer" in result.output
+    result = runner.invoke(app, ["train", "--task", "recal"])
+    assert result.exit_code == 2 and "unknown task 'recal'; choose one of:" in result.output
+    result = runner.invoke(app, ["zoo", "build", "--only", "nope"])
+    assert result.exit_code == 2 and "unknown zoo model 'nope'" in result.output
+
+
+def test_cli_train_resumes_and_saves(tmp_path):
+    args = ["train", "--task", "recall", "--task-param", "n_pairs=2", "--set", "n_layers=1", "--set", "d_model=32",
+            "--set", "n_heads=2", "--set", "d_mlp=64", "--train", "steps=20", "--train", "checkpoint_every=10",
+            "--train", "eval_examples=32", "--run-dir", str(tmp_path / "run"), "--save", str(tmp_path / "m")]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "test accuracy" in first.output
+    result = runner.invoke(app, ["eval", str(tmp_path / "m"), "--n", "50"])
+    assert result.exit_code == 0 and json.loads(result.output)["examples"] == 50
+    changed = runner.invoke(app, args[:-4] + ["--train", "lr=0.1", "--run-dir", str(tmp_path / "run")])
+    assert changed.exit_code == 2 and "refusing to resume" in changed.output
+
+
+def test_cli_eval_on_missing_folder_is_a_clean_error(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path / "absent")])
+    assert result.exit_code == 2 and "no model folder" in result.output

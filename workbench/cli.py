@@ -1,0 +1,228 @@
+"""The ``wb`` command: train, evaluate, build and verify the zoo, open the app.
+
+Every command turns the workbench's errors (unknown names, damaged files, diverged runs) into one
+line on stderr and exit code 2, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Mechanistic-interpretability workbench: every architecture, the same instruments.",
+                  no_args_is_help=True, add_completion=False)
+zoo_app = typer.Typer(help="Build, verify and list the trained model zoo (models/).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+
+ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="Artifacts root (default $WB_ARTIFACTS or ./artifacts).")]
+ModelsOpt = Annotated[str | None, typer.Option("--models", help="Zoo folder (default $WB_MODELS or the checkout's models/).")]
+
+
+def friendly_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from workbench.store.atomic import CorruptArtifactError
+        from workbench.training.trainer import TrainingDiverged
+
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, KeyError, FileNotFoundError, PermissionError, CorruptArtifactError, TrainingDiverged) as err:
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            typer.secho(f"error: {msg}", fg="red", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict:
+    """``["d_model=128", "act_fn=relu"]`` -> ``{"d_model": 128, "act_fn": "relu"}`` (values as JSON if they parse)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{what} {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+@app.command()
+@friendly_errors
+def train(
+    arch: Annotated[str, typer.Option("--arch", help="Architecture (see `wb archs`).")] = "transformer",
+    task: Annotated[str, typer.Option("--task", help="Task (see `wb tasks`).")] = "recall",
+    config: Annotated[Path | None, typer.Option(help="JSON file with optional 'model', 'task', 'train' objects.")] = None,
+    model_set: Annotated[list[str] | None, typer.Option("--set", help="Model config override key=value.")] = None,
+    task_set: Annotated[list[str] | None, typer.Option("--task-param", help="Task parameter key=value.")] = None,
+    train_set: Annotated[list[str] | None, typer.Option("--train", help="Train config override key=value (steps=500).")] = None,
+    run_dir: Annotated[Path | None, typer.Option(help="Run folder (default <artifacts>/runs/<arch>-<task>).")] = None,
+    fresh: Annotated[bool, typer.Option(help="Delete the run folder's checkpoints first instead of resuming.")] = False,
+    save: Annotated[Path | None, typer.Option(help="Also save the trained model as a model folder here.")] = None,
+    artifacts: ArtifactsOpt = None,
+):
+    """Train a model (resumes from the run folder's last checkpoint when the config matches)."""
+    import shutil
+
+    from workbench.architectures import check_architecture, model_config
+    from workbench.store import Catalog
+    from workbench.store.model_files import save_model_folder
+    from workbench.tasks import make_task
+    from workbench.training import TrainConfig
+    from workbench.training import train as run_training
+
+    spec = json.loads(config.read_text()) if config else {}
+    check_architecture(arch)
+    the_task = make_task(task, **{**spec.get("task", {}), **parse_assignments(task_set, "--task-param")})
+    mcfg = model_config(arch, the_task.tokenizer.vocab_size, the_task.seq_len,
+                        **{**spec.get("model", {}), **parse_assignments(model_set, "--set")})
+    tcfg = TrainConfig.from_dict({**spec.get("train", {}), **parse_assignments(train_set, "--train")})
+    catalog = Catalog(artifacts)
+    run_dir = run_dir or catalog.root / "runs" / f"{arch}-{task}"
+    if fresh and (run_dir / "checkpoints").exists():
+        shutil.rmtree(run_dir / "checkpoints")
+    result = run_training(mcfg, the_task, tcfg, run_dir)
+    catalog.register("run", run_dir.name, run_dir, {"architecture": arch, "task": the_task.spec(),
+                                                    "steps": result.steps, "metrics": result.metrics})
+    m = result.metrics
+    typer.echo(f"step {result.steps}: test accuracy {m['accuracy']:.4f}, loss {m['loss']:.4f}, "
+               f"perplexity {m['perplexity']:.3f}; {result.tokens:,} tokens in {result.elapsed_s:.1f} s")
+    typer.echo(f"run folder: {run_dir}")
+    if save:
+        card = {"name": save.name, "architecture": arch, "task": the_task.spec(), "metrics": m,
+                "train_config": tcfg.__dict__, "model_config": mcfg}
+        save_model_folder(save, result.model, mcfg, the_task.tokenizer, card, result.curves)
+        typer.echo(f"model folder: {save}")
+
+
+@app.command("eval")
+@friendly_errors
+def eval_cmd(
+    model: Annotated[Path, typer.Argument(help="A model folder (e.g. models/transformer-recall).")],
+    split: Annotated[str, typer.Option(help="train or test.")] = "test",
+    n: Annotated[int, typer.Option(help="Examples to evaluate.")] = 2000,
+):
+    """Evaluate a model folder on its card's task."""
+    from workbench.store.model_files import load_model_folder
+    from workbench.training.evaluate import EVAL_SEED, evaluate
+    from workbench.zoo.build import task_from_spec
+
+    bundle = load_model_folder(model)
+    if "task" not in bundle.card:
+        raise ValueError(f"{model}/card.json names no task; cannot tell what to evaluate on")
+    m = evaluate(bundle.model, task_from_spec(bundle.card["task"]), split, n, EVAL_SEED)
+    typer.echo(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()}, indent=2))
+
+
+@zoo_app.command("build")
+@friendly_errors
+def zoo_build(
+    only: Annotated[list[str] | None, typer.Option("--only", help="Build only these entries.")] = None,
+    force: Annotated[bool, typer.Option(help="Retrain entries already present.")] = False,
+    models: ModelsOpt = None,
+    artifacts: ArtifactsOpt = None,
+):
+    """Train every zoo entry missing from models/ (interrupted builds resume), then write the table."""
+    from workbench.store import Catalog, models_root
+    from workbench.zoo import build_zoo, zoo_table
+
+    models_dir = models_root(models)
+    build_zoo(models_dir, Catalog(artifacts), only, force, log=typer.echo)
+    typer.echo(zoo_table(models_dir))
+
+
+@zoo_app.command("verify")
+@friendly_errors
+def zoo_verify(models: ModelsOpt = None, artifacts: ArtifactsOpt = None):
+    """Re-evaluate every committed model and check it against its card and targets."""
+    from workbench.store import Catalog, models_root
+    from workbench.zoo import verify_zoo
+
+    rows = verify_zoo(models_root(models), Catalog(artifacts))
+    for row in rows:
+        status = typer.style("ok  ", fg="green") if row.ok else typer.style("FAIL", fg="red")
+        acc = row.metrics.get("test_accuracy")
+        detail = f"accuracy {acc:.4f}, perplexity {row.metrics['test_perplexity']:.3f}" if acc is not None else ""
+        typer.echo(f"{status} {row.name:28s} {detail}")
+        for problem in row.problems:
+            typer.echo(f"       - {problem}")
+    if not all(r.ok for r in rows):
+        raise typer.Exit(1)
+
+
+@zoo_app.command("list")
+def zoo_list(models: ModelsOpt = None):
+    """Print the zoo table from the committed cards."""
+    from workbench.store import models_root
+    from workbench.zoo import zoo_table
+
+    typer.echo(zoo_table(models_root(models)))
+
+
+@app.command()
+def tasks():
+    """List the tasks and their parameters."""
+    from workbench.tasks import make_task, task_names
+
+    for name in task_names():
+        typer.echo(f"{name:16s} {json.dumps(make_task(name).params())}")
+
+
+@app.command()
+def archs():
+    """List the architectures and their default configs."""
+    from workbench.architectures import DEFAULTS
+
+    for name, defaults in sorted(DEFAULTS.items()):
+        typer.echo(f"{name:16s} {json.dumps(defaults)}")
+
+
+def launch_app(host: str, port: int, artifacts: str | None, models: str | None) -> None:
+    from workbench.store import artifacts_root, models_root
+
+    home = Path(__file__).resolve().parents[1] / "app" / "Home.py"
+    if not home.is_file():
+        raise FileNotFoundError(f"the app is missing: expected {home}")
+    env = {**os.environ, "WB_ARTIFACTS": str(artifacts_root(artifacts)), "WB_MODELS": str(models_root(models))}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", host, "--server.port", str(port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    typer.echo(f"app on http://{host}:{port}  (Ctrl-C stops it)")
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+@app.command("app")
+@friendly_errors
+def app_cmd(
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean otherwise.")] = "127.0.0.1",
+    port: int = 8501,
+    artifacts: ArtifactsOpt = None,
+    models: ModelsOpt = None,
+):
+    """Open the Streamlit app."""
+    launch_app(host, port, artifacts, models)
+
+
+@app.command()
+@friendly_errors
+def demo(host: str = "127.0.0.1", port: int = 8501, artifacts: ArtifactsOpt = None, models: ModelsOpt = None):
+    """The main job: build the zoo's missing models, verify every model, then open the app."""
+    from workbench.store import Catalog, models_root
+    from workbench.zoo import build_zoo, verify_zoo
+
+    catalog, models_dir = Catalog(artifacts), models_root(models)
+    build_zoo(models_dir, catalog, log=typer.echo)
+    rows = verify_zoo(models_dir, catalog)
+    for row in rows:
+        typer.echo(f"{'ok  ' if row.ok else 'FAIL'} {row.name}: {'; '.join(row.problems) or 'matches its card'}")
+    launch_app(host, port, artifacts, models)
+
+
+if __name__ == "__main__":
+    app()

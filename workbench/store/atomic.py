@@ -1,0 +1,105 @@
+"""Atomic writes: an artifact is either wholly there or not there at all.
+
+Every write goes to a temporary name in the same folder, is flushed and fsynced, then renamed over
+the final name (``os.replace`` is atomic on POSIX). A reader never sees half a file, and a job killed
+mid-write leaves the previous version intact. Folders are published the same way: built under a
+temporary name, then renamed into place.
+
+Weights are safetensors only; :func:`load_safetensors` never unpickles and turns a damaged file into
+an error that names it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+
+
+class CorruptArtifactError(RuntimeError):
+    """A file exists but cannot be read back as what it claims to be."""
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: str | Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | Path, obj) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def read_json(path: str | Path):
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CorruptArtifactError(f"{path} is not valid JSON ({err}); the file is damaged") from err
+
+
+def save_safetensors(tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict | None = None) -> Path:
+    """Contiguous CPU copies of ``tensors`` written atomically; metadata values must be strings."""
+    clean = {k: v.detach().to("cpu").contiguous() for k, v in tensors.items()}
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    return atomic_write_bytes(path, st_save(clean, metadata=meta))
+
+
+def load_safetensors(path: str | Path) -> dict[str, torch.Tensor]:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no weights file at {path}")
+    try:
+        return st_load(path.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError) as err:
+        raise CorruptArtifactError(f"{path} is not a readable safetensors file ({err}); the file is damaged") from err
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def publish_dir(staging: Path, final: Path) -> Path:
+    """Move a fully written staging folder to ``final``, replacing an older one without a gap in
+    which neither exists for longer than two renames."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(staging, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def staging_dir(final: Path) -> Path:
+    """A fresh empty folder beside ``final`` to build it in before :func:`publish_dir`."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))

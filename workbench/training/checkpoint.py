@@ -1,0 +1,140 @@
+"""Checkpoints that resume exactly, and that fail loudly when damaged.
+
+A checkpoint is a folder ``checkpoints/step-XXXXXXXX/`` holding
+
+    model.safetensors      model weights
+    optimizer.safetensors  AdamW moments and step counts, plus the torch RNG state
+    state.json             step, tokens seen, curves so far, the run's config and its fingerprint,
+                           optimizer hyper-parameters, and the sha256 of both weight files
+
+It is built under a temporary name and renamed into place, so a folder named ``step-*`` is always
+complete; a kill -9 at any moment leaves the previous checkpoint intact. Loading verifies the
+checksums, so a damaged file is an error that names it rather than a silently different run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from workbench.store.atomic import (
+    CorruptArtifactError,
+    atomic_write_json,
+    load_safetensors,
+    publish_dir,
+    read_json,
+    save_safetensors,
+    sha256_file,
+    staging_dir,
+)
+
+STEP_DIR = re.compile(r"^step-(\d{8})$")
+WEIGHT_FILES = ("model.safetensors", "optimizer.safetensors")
+
+
+def fingerprint(config: dict) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class Checkpoint:
+    step: int
+    folder: Path
+    state: dict
+    model: dict[str, torch.Tensor]
+    optimizer: dict
+
+
+def optimizer_to_tensors(opt_state: dict) -> tuple[dict[str, torch.Tensor], list]:
+    tensors = {}
+    for idx, per_param in opt_state["state"].items():
+        for key, value in per_param.items():
+            tensors[f"state.{idx}.{key}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    return tensors, opt_state["param_groups"]
+
+
+def optimizer_from_tensors(tensors: dict[str, torch.Tensor], param_groups: list) -> dict:
+    state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if not name.startswith("state."):
+            continue
+        _, idx, key = name.split(".", 2)
+        state.setdefault(int(idx), {})[key] = value
+    return {"state": state, "param_groups": param_groups}
+
+
+def save_checkpoint(run_dir: Path, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                    state: dict, keep: int = 2) -> Path:
+    final = run_dir / "checkpoints" / f"step-{step:08d}"
+    stage = staging_dir(final)
+    save_safetensors({k: v.clone() for k, v in model.state_dict().items()}, stage / "model.safetensors")
+    opt_tensors, param_groups = optimizer_to_tensors(optimizer.state_dict())
+    opt_tensors["rng.torch"] = torch.get_rng_state()
+    save_safetensors(opt_tensors, stage / "optimizer.safetensors")
+    checksums = {name: sha256_file(stage / name) for name in WEIGHT_FILES}
+    atomic_write_json(stage / "state.json", {**state, "step": step, "param_groups": param_groups,
+                                             "checksums": checksums})
+    publish_dir(stage, final)
+    prune_checkpoints(run_dir, keep)
+    return final
+
+
+def list_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return sorted(found)
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    for _, path in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(path, ignore_errors=True)
+    for leftover in (run_dir / "checkpoints").glob(".step-*.staging"):
+        shutil.rmtree(leftover, ignore_errors=True)  # a run killed mid-write leaves one behind
+
+
+def load_checkpoint(folder: Path) -> Checkpoint:
+    state_path = folder / "state.json"
+    if not state_path.is_file():
+        raise CorruptArtifactError(f"checkpoint {folder} has no state.json; the checkpoint is damaged")
+    state = read_json(state_path)
+    for name in WEIGHT_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise CorruptArtifactError(f"checkpoint file {path} is missing")
+        expected = state.get("checksums", {}).get(name)
+        if expected != sha256_file(path):
+            raise CorruptArtifactError(
+                f"checkpoint file {path} is corrupted (sha256 does not match state.json); "
+                "delete the checkpoint folder to resume from an older one, or start a fresh run"
+            )
+    model = load_safetensors(folder / "model.safetensors")
+    opt_tensors = load_safetensors(folder / "optimizer.safetensors")
+    rng = opt_tensors.pop("rng.torch")
+    optimizer = optimizer_from_tensors(opt_tensors, state["param_groups"])
+    state["rng_torch"] = rng
+    return Checkpoint(step=int(state["step"]), folder=folder, state=state, model=model, optimizer=optimizer)
+
+
+def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
+    found = list_checkpoints(run_dir)
+    return load_checkpoint(found[-1][1]) if found else None
+
+
+def describe_config_change(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested configs: ``train.lr: 0.001 -> 0.002``."""
+    changes = []
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            changes += describe_config_change(a, b, f"{prefix}{key}.")
+        elif a != b:
+            changes.append(f"{prefix}{key}: {a} -> {b}")
+    return changes

@@ -1,0 +1,186 @@
+"""The model trainer: one loop for every architecture and task.
+
+1. Build the model from its config with the run's seed; AdamW (no decay on biases, norms, embeddings'
+   position-free gains) with linear warm-up then cosine decay to ``min_lr_ratio * lr``; gradient
+   clipping by global norm.
+2. The batch of step ``s`` is ``task.sample("train", batch_size, seed=batch_seed(seed, s))``: the data
+   position is the step number, so resuming needs no data-loader state.
+3. Every ``eval_every`` steps: accuracy, loss and perplexity on a fixed test batch; every
+   ``checkpoint_every`` steps an atomic checkpoint (weights, optimizer, RNG, curves so far).
+4. On start, if the run folder holds a checkpoint of the same config, resume from it; a different
+   config is refused with the differences listed. A resumed run reaches bit-identical weights.
+5. A non-finite loss or gradient stops the run with :class:`TrainingDiverged`; no checkpoint is
+   written after the last good one.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from workbench.architectures import build_model
+from workbench.tasks.base import Task, masked_token_loss
+from workbench.training.checkpoint import (
+    describe_config_change,
+    fingerprint,
+    latest_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
+from workbench.training.evaluate import EVAL_SEED, evaluate_batch
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN or infinite."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    beta1: float = 0.9
+    beta2: float = 0.98
+    grad_clip: float = 1.0
+    eval_every: int = 250
+    eval_examples: int = 500
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown train config field(s) {sorted(unknown)}; "
+                             f"choose from: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    metrics: dict
+    curves: pd.DataFrame
+    run_dir: Path
+    steps: int
+    tokens: int
+    elapsed_s: float
+    resumed_from: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+def batch_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919 + 17) % (2**62)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    progress = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * cosine)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    # Matrices decay; vectors (biases, norm gains, per-channel decays) do not, as in nanoGPT.
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
+
+
+def run_config(model_config: dict, task: Task, cfg: TrainConfig) -> dict:
+    return {"model": model_config, "task": task.spec(), "train": asdict(cfg)}
+
+
+def _resume(run_dir: Path, config: dict, model, optimizer) -> tuple[int, dict]:
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return 0, {"curves": [], "tokens": 0, "elapsed_s": 0.0}
+    if ckpt.state.get("fingerprint") != fingerprint(config):
+        changes = describe_config_change(ckpt.state.get("config", {}), config)
+        raise ValueError(
+            f"run folder {run_dir} holds a checkpoint of a different config; refusing to resume. "
+            f"Differences: {'; '.join(changes[:8]) or 'unknown'}. Use a new run folder or --fresh."
+        )
+    model.load_state_dict(ckpt.model)
+    optimizer.load_state_dict(ckpt.optimizer)
+    torch.set_rng_state(ckpt.state["rng_torch"])
+    return ckpt.step, ckpt.state
+
+
+def _check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, run_dir: Path) -> None:
+    if torch.isfinite(loss) and torch.isfinite(grad_norm):
+        return
+    found = list_checkpoints(run_dir)
+    last = f"{found[-1][1]} (step {found[-1][0]})" if found else "none (no checkpoint was written yet)"
+    what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient norm {grad_norm.item()}"
+    raise TrainingDiverged(f"{what} at step {step}: training stopped. Last good checkpoint: {last}. "
+                           "Lower the learning rate or raise warm-up, then resume or start fresh.")
+
+
+def _train_step(model, optimizer, task: Task, cfg: TrainConfig, step: int, run_dir: Path) -> tuple[float, int]:
+    batch = task.sample("train", cfg.batch_size, batch_seed(cfg.seed, step))
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    loss = masked_token_loss(model(batch.tokens), batch)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    _check_finite(loss.detach(), grad_norm, step, run_dir)
+    optimizer.step()
+    return loss.item(), int((batch.tokens != task.tokenizer.pad_id).sum())
+
+
+def train(model_config: dict, task: Task, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
+          stop_after: int | None = None) -> TrainResult:
+    """Train (or resume) a model; ``stop_after`` ends the call early at that step, as a kill would,
+    after writing a checkpoint (for tests and for splitting long jobs)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = run_config(model_config, task, cfg)
+    torch.manual_seed(cfg.seed)
+    model = build_model({**model_config, "seed": cfg.seed})
+    model.train()
+    optimizer = make_optimizer(model, cfg)
+    start, state = _resume(run_dir, config, model, optimizer)
+    curves, tokens, elapsed = list(state["curves"]), int(state["tokens"]), float(state["elapsed_s"])
+    eval_batch = task.sample("test", cfg.eval_examples, EVAL_SEED)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {model_config['architecture']}",
+               unit="step", dynamic_ncols=True)
+    t0, tokens_at_t0 = time.perf_counter(), tokens
+    for step in range(start, end):
+        loss, n_tok = _train_step(model, optimizer, task, cfg, step, run_dir)
+        tokens += n_tok
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            curves.append({"step": done, "tokens": tokens, "split": "train", "metric": "loss", "value": loss})
+            rate = (tokens - tokens_at_t0) / max(time.perf_counter() - t0, 1e-9)
+            bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
+        if done % cfg.eval_every == 0 or done == cfg.steps:
+            for metric, value in evaluate_batch(model, eval_batch).items():
+                if metric in ("accuracy", "loss", "perplexity", "answer_loss"):
+                    curves.append({"step": done, "tokens": tokens, "split": "test", "metric": metric, "value": value})
+        if done % cfg.checkpoint_every == 0 or done == end:
+            now = elapsed + time.perf_counter() - t0
+            save_checkpoint(run_dir, done, model, optimizer, {
+                "config": config, "fingerprint": fingerprint(config), "curves": curves,
+                "tokens": tokens, "elapsed_s": now}, keep=cfg.keep_checkpoints)
+        bar.update(1)
+    bar.close()
+    elapsed += time.perf_counter() - t0
+    metrics = evaluate_batch(model, eval_batch)
+    return TrainResult(model.eval(), metrics, pd.DataFrame(curves, columns=["step", "tokens", "split", "metric", "value"]),
+                       run_dir, end, tokens, elapsed, resumed_from=start or None)

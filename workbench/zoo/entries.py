@@ -1,0 +1,59 @@
+"""What the zoo holds: one entry per committed model, with everything needed to rebuild it.
+
+An entry fixes the architecture config, the task spec, the training config (seed included) and the
+targets its card must meet. ``wb zoo build`` trains the entries that are missing from ``models/``;
+``wb zoo verify`` re-evaluates the committed ones against their cards and these targets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from workbench.training.trainer import TrainConfig
+
+
+@dataclass(frozen=True)
+class ZooEntry:
+    name: str
+    architecture: str
+    task: dict
+    model: dict
+    train: TrainConfig
+    targets: dict = field(default_factory=dict)  # metric -> minimum ("accuracy") or maximum ("*perplexity")
+    eval_examples: int = 2000
+    notes: str = ""
+
+
+ZOO: list[ZooEntry] = [
+    ZooEntry(
+        name="transformer-recall",
+        architecture="transformer",
+        task={"name": "recall"},
+        model={"n_layers": 2, "d_model": 64, "n_heads": 4, "d_mlp": 256},
+        train=TrainConfig(steps=3000, batch_size=64, lr=3e-3, warmup_steps=100, eval_every=250,
+                          checkpoint_every=500, seed=0),
+        targets={"accuracy": 0.99},
+        notes="associative recall needs an induction-style circuit: previous-token head, then lookup",
+    ),
+    ZooEntry(
+        name="transformer-toyworld",
+        architecture="transformer",
+        task={"name": "toyworld"},
+        model={"n_layers": 2, "d_model": 96, "n_heads": 4, "d_mlp": 384},
+        train=TrainConfig(steps=3000, batch_size=64, lr=2e-3, warmup_steps=100, eval_every=250,
+                          checkpoint_every=500, seed=0),
+        targets={"beats_bigram": True},
+        notes="templated facts, two-hop questions, antonyms in three languages, acronyms, word problems",
+    ),
+]
+
+
+def zoo_names() -> list[str]:
+    return [e.name for e in ZOO]
+
+
+def zoo_entry(name: str) -> ZooEntry:
+    for entry in ZOO:
+        if entry.name == name:
+            return entry
+    raise ValueError(f"unknown zoo model {name!r}; choose one of: {', '.join(zoo_names())}")
