@@ -23,7 +23,7 @@ test: install
 	$(PY) -m pytest
 
 demo: install
-	$(VENV)/bin/wb demo --host $(HOST) --port $(PORT)
+	$(PY) -m workbench demo --host $(HOST) --port $(PORT)
 
 lint: install
 	$(VENV)/bin/ruff check workbench kernels app tests benchmarks

@@ -14,3 +14,9 @@ def isolated_store(tmp_path, monkeypatch):
 
 
 TINY_TRANSFORMER = {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_mlp": 64}
+
+# Tiny configs per architecture for the cross-architecture tests; every registered architecture
+# must have an entry (tests/test_architectures_common.py checks that).
+TINY_CONFIGS = {
+    "transformer": TINY_TRANSFORMER | {"n_layers": 2},
+}
