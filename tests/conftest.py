@@ -3,6 +3,10 @@
 import pytest
 import torch
 
+# Tests use tiny tensors: one thread avoids contention on the 2-core machines (10-60x slowdowns seen
+# with the default two threads while anything else runs).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(autouse=True)
 def isolated_store(tmp_path, monkeypatch):
@@ -19,4 +23,9 @@ TINY_TRANSFORMER = {"n_layers": 1, "d_model": 32, "n_heads": 2, "d_mlp": 64}
 # must have an entry (tests/test_architectures_common.py checks that).
 TINY_CONFIGS = {
     "transformer": TINY_TRANSFORMER | {"n_layers": 2},
+    "mingru": {"n_layers": 2, "d_model": 16, "d_mlp": 32, "expand": 2},
+    "lstm": {"n_layers": 2, "d_model": 16, "d_mlp": 32},
+    "mamba": {"n_layers": 2, "d_model": 16, "d_mlp": 32, "d_state": 4, "expand": 2, "d_conv": 3},
+    "rwkv": {"n_layers": 2, "d_model": 16, "d_mlp": 32},
+    "xlstm": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_mlp": 32, "slstm_at": [1]},
 }

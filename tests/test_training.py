@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TINY_TRANSFORMER
+
 from workbench.architectures import model_config
 from workbench.store import CorruptArtifactError
 from workbench.tasks import make_task

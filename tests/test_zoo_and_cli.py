@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from conftest import TINY_TRANSFORMER
 from typer.testing import CliRunner
 
-from conftest import TINY_TRANSFORMER
 from workbench.cli import app
 from workbench.store import Catalog
 from workbench.store.model_files import load_model_folder
@@ -69,7 +69,7 @@ def test_cli_help_lists_every_command():
 
 def test_cli_unknown_names_list_the_choices():
     result = runner.invoke(app, ["train", "--arch", "rwvk"])
-    assert result.exit_code == 2 and "unknown architecture 'rwvk'; choose one of: transformer" in result.output
+    assert result.exit_code == 2 and "unknown architecture 'rwvk'; choose one of: lstm, mamba, mingru, rwkv, transformer, xlstm" in result.output
     result = runner.invoke(app, ["train", "--task", "recal"])
     assert result.exit_code == 2 and "unknown task 'recal'; choose one of:" in result.output
     result = runner.invoke(app, ["zoo", "build", "--only", "nope"])

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import torch
 
-from workbench.architectures import transformer
+from workbench.architectures import lstm, mamba, mingru, rwkv, transformer, xlstm
 from workbench.architectures.hooked import (
     HOOK_KINDS,
     HookedModel,
@@ -21,9 +21,19 @@ from workbench.architectures.hooked import (
 
 ARCHITECTURES: dict[str, Callable[[dict], torch.nn.Module]] = {
     "transformer": transformer.build,
+    "mingru": mingru.build,
+    "lstm": lstm.build,
+    "mamba": mamba.build,
+    "rwkv": rwkv.build,
+    "xlstm": xlstm.build,
 }
 DEFAULTS: dict[str, dict] = {
     "transformer": transformer.DEFAULTS,
+    "mingru": mingru.DEFAULTS,
+    "lstm": lstm.DEFAULTS,
+    "mamba": mamba.DEFAULTS,
+    "rwkv": rwkv.DEFAULTS,
+    "xlstm": xlstm.DEFAULTS,
 }
 
 
@@ -50,9 +60,16 @@ def model_config(architecture: str, d_vocab: int, n_ctx: int, **overrides) -> di
 
 
 def build_model(config: dict) -> torch.nn.Module:
+    """A fresh model; with ``seed`` in the config the initial weights are the same bytes every time,
+    for every architecture, without disturbing the caller's random state."""
     if "architecture" not in config:
         raise ValueError(f"model config has no 'architecture' field; choose one of: {', '.join(architecture_names())}")
-    return ARCHITECTURES[check_architecture(config["architecture"])](config)
+    builder = ARCHITECTURES[check_architecture(config["architecture"])]
+    if config.get("seed") is None:
+        return builder(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config["seed"])
+        return builder(config)
 
 
 def count_parameters(model: torch.nn.Module) -> int:

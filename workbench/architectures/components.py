@@ -1,14 +1,26 @@
 """Shared pieces of every non-Transformer architecture, written once in gate form.
 
 - :class:`ArchConfig`: attribute access to a JSON config (``model.cfg.n_layers`` as on transformer_lens).
-- :class:`Norm`: RMSNorm or LayerNorm whose denominator sits behind ``hook_scale``.
+- :class:`Norm`: RMSNorm or LayerNorm whose denominator sits behind ``hook_scale`` (optionally per
+  group of channels: per-head GroupNorm).
 - :class:`MLP`: the position-wise part transcoders replace (``hook_pre``, ``hook_post``).
 - :class:`Block`: pre-norm mixer then pre-norm MLP, residual around each, with the shared hook names.
 - :class:`BlockLM`: embedding, blocks, final norm, unembedding; carries recurrent state per block.
+- :class:`CausalConv1d`: depthwise causal convolution over time that carries its input window as state.
+- :func:`silu_gate_form`, :func:`tanh_ratio`: SiLU and tanh written as value x gate (the gate hookable).
 
 An architecture module supplies only its mixer (and, where its design has one, its own MLP-like part):
 ``BlockLM(cfg, make_mixer=lambda cfg, layer: MyMixer(cfg))``. A mixer maps ``x [B, T, d]`` and an
 optional state to ``(y [B, T, d], new_state)``; ``state=None`` means "start of sequence".
+``mixer_name`` / ``mlp_name`` name the two parts (RWKV: ``time_mix`` / ``channel_mix``), so their own
+hooks read ``blocks.0.time_mix.hook_wkv``; ``block.mixer`` / ``block.mlp`` reach them whatever the name.
+
+An MLP-like part that reads other positions (RWKV's channel-mix reads x_{t-1}) declares
+``carries_state = True`` and splits itself in two: ``read_input(x, state) -> (inputs, new_state)``
+gathers what position t reads into one position-wise input, which ``hook_mlp_in`` records, and
+``forward(inputs)`` is then a position-wise map, so a transcoder hook_mlp_in -> hook_mlp_out replaces
+exactly it. Such a block's state is the pair ``(mixer_state, mlp_state)``; other blocks carry the
+mixer's state alone, as before.
 """
 
 from __future__ import annotations
@@ -50,24 +62,31 @@ class Norm(nn.Module):
     """``(x - mean) / scale * w + b`` (LayerNorm) or ``x / scale * w`` (RMSNorm).
 
     The scale is data-dependent, so it goes behind ``hook_scale``: freezing that hook makes the norm
-    a linear map of its input, which attribution needs.
+    a linear map of its input, which attribution needs. With ``groups > 1`` each group of ``d / groups``
+    consecutive channels is normalised on its own (per-head GroupNorm, as xLSTM's MultiHeadLayerNorm);
+    the scale is then ``[B, T, groups, 1]``.
     """
 
-    def __init__(self, d: int, kind: str = "rms", eps: float = 1e-5):
+    def __init__(self, d: int, kind: str = "rms", eps: float = 1e-5, groups: int = 1):
         super().__init__()
         if kind not in ("rms", "layer"):
             raise ValueError(f"unknown norm {kind!r}; choose one of: layer, rms")
-        self.kind, self.eps = kind, eps
+        if d % groups:
+            raise ValueError(f"norm width {d} is not divisible into {groups} groups")
+        self.kind, self.eps, self.groups = kind, eps, groups
         self.w = nn.Parameter(torch.ones(d))
         self.b = nn.Parameter(torch.zeros(d)) if kind == "layer" else None
-        self.hook_scale = HookPoint()  # [B, T, 1]
+        self.hook_scale = HookPoint()  # [B, T, 1], or [B, T, groups, 1]
         self.hook_normalized = HookPoint()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        if self.groups > 1:
+            x = x.reshape(*shape[:-1], self.groups, shape[-1] // self.groups)
         if self.kind == "layer":
             x = x - x.mean(-1, keepdim=True)
         scale = self.hook_scale((x.pow(2).mean(-1, keepdim=True) + self.eps).sqrt())
-        out = x / scale * self.w
+        out = (x / scale).reshape(shape) * self.w
         if self.b is not None:
             out = out + self.b
         return self.hook_normalized(out)
@@ -91,21 +110,88 @@ class MLP(nn.Module):
         return self.W_out(self.hook_post(self.act(self.hook_pre(self.W_in(x)))))
 
 
-class Block(nn.Module):
-    """Pre-norm residual block with the shared hook names (see ``hooked``)."""
+def silu_gate_form(x: torch.Tensor, gate_hook: HookPoint) -> torch.Tensor:
+    """``silu(x) = x * sigmoid(x)`` with the sigmoid behind ``gate_hook``: frozen, the map is linear."""
+    return x * gate_hook(torch.sigmoid(x))
 
-    def __init__(self, d_model: int, mixer: nn.Module, mlp: nn.Module, norm: str = "rms"):
+
+def tanh_ratio(x: torch.Tensor) -> torch.Tensor:
+    """``tanh(x) / x`` (1 at 0), so that ``tanh(x) = x * tanh_ratio(x)`` puts tanh in gate form.
+
+    Near 0 the series ``1 - x^2/3`` replaces the quotient; the unused branch divides by a safe 1 so
+    that no 0/0 reaches the gradient through ``torch.where``.
+    """
+    small = x.abs() < 1e-4
+    safe = torch.where(small, torch.ones_like(x), x)
+    return torch.where(small, 1 - x * x / 3, torch.tanh(safe) / safe)
+
+
+class CausalConv1d(nn.Module):
+    """Depthwise causal convolution over time on ``[B, T, C]``, with its input window as state.
+
+    Output t reads inputs t-width+1..t; the ``width - 1`` inputs before the first position come from the
+    carried window (zeros at the start of a sequence), so running a sequence in pieces, each piece
+    continuing from the window the previous one returned, equals running it whole. The parameters are
+    an ``nn.Conv1d(C, C, width, groups=C)`` (reference implementations' layout and initialisation).
+    """
+
+    def __init__(self, channels: int, width: int, bias: bool = True):
+        super().__init__()
+        if width < 1:
+            raise ValueError(f"convolution width must be >= 1; got {width}")
+        self.width = width
+        self.conv = nn.Conv1d(channels, channels, width, groups=channels, bias=bias)
+
+    def forward(self, x: torch.Tensor, window: torch.Tensor | None = None):
+        """``x [B, T, C]`` -> ``(y [B, T, C], window [B, width - 1, C])``."""
+        if window is None:
+            window = x.new_zeros(x.shape[0], self.width - 1, x.shape[2])
+        padded = torch.cat([window, x], dim=1)
+        y = self.conv(padded.transpose(1, 2)).transpose(1, 2)
+        return y, padded[:, padded.shape[1] - (self.width - 1):]
+
+
+class Block(nn.Module):
+    """Pre-norm residual block with the shared hook names (see ``hooked``); the mixer and the MLP-like
+    part are registered under ``mixer_name`` / ``mlp_name`` (module docstring)."""
+
+    def __init__(self, d_model: int, mixer: nn.Module, mlp: nn.Module, norm: str = "rms",
+                 mixer_name: str = "mixer", mlp_name: str = "mlp"):
         super().__init__()
         self.ln1, self.ln2 = Norm(d_model, norm), Norm(d_model, norm)
-        self.mixer, self.mlp = mixer, mlp
+        self.mixer_name, self.mlp_name = mixer_name, mlp_name
+        self.add_module(mixer_name, mixer)
+        self.add_module(mlp_name, mlp)
         for name in ("resid_pre", "mixer_in", "mixer_out", "resid_mid", "mlp_in", "mlp_out", "resid_post"):
             setattr(self, f"hook_{name}", HookPoint())
 
+    # Properties, so that ``block.mixer`` / ``block.mlp`` work whatever the registered names; an
+    # AttributeError before registration keeps nn.Module.add_module's name check working.
+    @property
+    def mixer(self) -> nn.Module:
+        try:
+            return self._modules[self.mixer_name]
+        except KeyError:
+            raise AttributeError("mixer") from None
+
+    @property
+    def mlp(self) -> nn.Module:
+        try:
+            return self._modules[self.mlp_name]
+        except KeyError:
+            raise AttributeError("mlp") from None
+
     def forward(self, x: torch.Tensor, state=None):
+        stateful_mlp = getattr(self.mlp, "carries_state", False)
+        mixer_state, mlp_state = (state or (None, None)) if stateful_mlp else (state, None)
         resid_pre = self.hook_resid_pre(x)
-        mixed, new_state = self.mixer(self.hook_mixer_in(self.ln1(resid_pre)), state)
+        mixed, new_state = self.mixer(self.hook_mixer_in(self.ln1(resid_pre)), mixer_state)
         resid_mid = self.hook_resid_mid(resid_pre + self.hook_mixer_out(mixed))
-        mlp_out = self.hook_mlp_out(self.mlp(self.hook_mlp_in(self.ln2(resid_mid))))
+        mlp_in = self.ln2(resid_mid)
+        if stateful_mlp:  # gather what each position reads (e.g. [x_t, x_{t-1}]) before hook_mlp_in
+            mlp_in, mlp_state = self.mlp.read_input(mlp_in, mlp_state)
+            new_state = (new_state, mlp_state)
+        mlp_out = self.hook_mlp_out(self.mlp(self.hook_mlp_in(mlp_in)))
         return self.hook_resid_post(resid_mid + mlp_out), new_state
 
 
@@ -118,14 +204,16 @@ class BlockLM(SharedHookNames, HookedRootModule):
     """
 
     def __init__(self, cfg: ArchConfig, make_mixer: Callable[[ArchConfig, int], nn.Module],
-                 make_mlp: Callable[[ArchConfig, int], nn.Module] | None = None):
+                 make_mlp: Callable[[ArchConfig, int], nn.Module] | None = None,
+                 mixer_name: str = "mixer", mlp_name: str = "mlp"):
         super().__init__()
         self.cfg = cfg
         make_mlp = make_mlp or (lambda c, _layer: MLP(c.d_model, c.d_mlp, c.get("act_fn", "gelu")))
         self.embed = nn.Embedding(cfg.d_vocab, cfg.d_model)
         self.hook_embed = HookPoint()
         self.blocks = nn.ModuleList(
-            Block(cfg.d_model, make_mixer(cfg, layer), make_mlp(cfg, layer), cfg.get("norm", "rms"))
+            Block(cfg.d_model, make_mixer(cfg, layer), make_mlp(cfg, layer), cfg.get("norm", "rms"),
+                  mixer_name, mlp_name)
             for layer in range(cfg.n_layers)
         )
         self.ln_final = Norm(cfg.d_model, cfg.get("norm", "rms"))

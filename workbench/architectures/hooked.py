@@ -116,12 +116,12 @@ class SharedHookNames:
         return lambda native: names_filter(native) or any(names_filter(a) for a in aliases_of.get(native, ()))
 
     # --- transformer_lens overrides -------------------------------------------------------------
-    def _enable_hook(self, name, hook, dir):  # noqa: A002 - transformer_lens's argument name
+    def _enable_hook(self, name, hook, dir):
         if callable(name) and not isinstance(name, str):
             name = self._widen_filter(name)
         return super()._enable_hook(name=name, hook=hook, dir=dir)
 
-    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):  # noqa: A002
+    def add_hook(self, name, hook, dir="fwd", is_permanent=False, level=None, prepend=False):
         if callable(name) and not isinstance(name, str):
             name = self._widen_filter(name)
         elif isinstance(name, str):

@@ -26,7 +26,6 @@ import tempfile
 import warnings
 from pathlib import Path
 
-import torch
 from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from workbench.architectures.hooked import SharedHookNames

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
@@ -82,7 +82,7 @@ class Catalog:
         with self._connect() as con:
             con.execute(
                 "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
-                [kind, name, str(rel), datetime.now(timezone.utc).replace(tzinfo=None), json.dumps(meta or {})],
+                [kind, name, str(rel), datetime.now(UTC).replace(tzinfo=None), json.dumps(meta or {})],
             )
 
     def remove(self, kind: str, name: str) -> None:

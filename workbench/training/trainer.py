@@ -93,10 +93,14 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    # Matrices decay; vectors (biases, norm gains, per-channel decays) do not, as in nanoGPT.
-    decay = [p for p in model.parameters() if p.requires_grad and p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    """Matrices decay; vectors (biases, norm gains, per-channel decays) do not, as in nanoGPT, and
+    neither does any parameter an architecture tags ``_no_weight_decay`` (Mamba's A_log and D, as in
+    its reference implementation: decaying A_log would pull every decay rate towards one value)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    exempt = [p for p in params if p.dim() < 2 or getattr(p, "_no_weight_decay", False)]
+    exempt_ids = {id(p) for p in exempt}
+    decay = [p for p in params if id(p) not in exempt_ids]
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": exempt, "weight_decay": 0.0}]
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
 
 
