@@ -67,7 +67,7 @@ def test_gate_form_makes_the_mixer_affine(arch):
     u1, u2 = torch.randn(2, 10, d, dtype=torch.float64), torch.randn(2, 10, d, dtype=torch.float64)
     with torch.no_grad(), frozen_gates(model, tokens):
         for layer in range(model.cfg.n_layers):
-            f = lambda u: mixer_map(model, layer, u)
+            f = lambda u, layer=layer: mixer_map(model, layer, u)
             zero = f(torch.zeros_like(u1))
             assert torch.allclose(f(u1 + u2), f(u1) + f(u2) - zero, atol=1e-9), f"{arch} layer {layer}"
             assert not torch.allclose(f(2 * u1) - zero, f(u1) - zero)  # and not trivially constant

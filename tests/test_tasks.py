@@ -402,3 +402,24 @@ def test_bigram_beats_uniform_on_fresh_toyworld_rows(tasks, samples):
     fresh = task.sample("train", 1000, seed=1)
     perplexity = bigram_perplexity(train, fresh, task.tokenizer.vocab_size)
     assert 1.0 < perplexity < task.tokenizer.vocab_size / 4
+
+
+def test_recall_min_pairs_mixes_context_lengths():
+    """min_pairs < n_pairs: leading pairs are <pad>, the query is one of the present keys, every row
+    keeps one length, and the default spec is unchanged (so zoo cards stay equal)."""
+    task = make_task("recall", min_pairs=1)
+    assert task.seq_len == make_task("recall").seq_len
+    assert make_task("recall").params() == make_task("recall", min_pairs=8).params()
+    assert "min_pairs" not in make_task("recall").params() and task.params()["min_pairs"] == 1
+    batch = task.sample("train", 400, 3)
+    pad = task.tokenizer.pad_id
+    present = (batch.tokens[:, 1:-3] != pad).sum(1) // 3
+    assert present.min() == 1 and present.max() == 8
+    for row in range(50):
+        prompt, answer = task.describe(batch, row)
+        words = [w for w in prompt.split() if w != "<bos>"]
+        table = {words[i]: words[i + 2] for i in range(0, len(words) - 2, 3)}
+        assert words[-2] == "?" and answer == table[words[-1]]
+        toks = batch.tokens[row, 1:-3]
+        first = int((toks != pad).float().argmax())
+        assert (toks[:first] == pad).all() and (toks[first:] != pad).all() and first % 3 == 0

@@ -24,8 +24,8 @@ REPO = Path(__file__).resolve().parents[1]
 def tiny_setup(steps=40, **train_overrides):
     task = make_task("recall", n_pairs=2)
     mcfg = model_config("transformer", task.tokenizer.vocab_size, task.seq_len, **TINY_TRANSFORMER)
-    values = dict(steps=steps, batch_size=16, lr=3e-3, warmup_steps=5, eval_every=10, eval_examples=64,
-                  checkpoint_every=10, log_every=5, seed=3)
+    values = {"steps": steps, "batch_size": 16, "lr": 3e-3, "warmup_steps": 5, "eval_every": 10,
+              "eval_examples": 64, "checkpoint_every": 10, "log_every": 5, "seed": 3}
     cfg = TrainConfig(**{**values, **train_overrides})
     return task, mcfg, cfg
 

@@ -117,7 +117,8 @@ def eval_cmd(
     bundle = load_model_folder(model)
     if "task" not in bundle.card:
         raise ValueError(f"{model}/card.json names no task; cannot tell what to evaluate on")
-    m = evaluate(bundle.model, task_from_spec(bundle.card["task"]), split, n, EVAL_SEED)
+    task = task_from_spec(bundle.card.get("eval_task") or bundle.card["task"])
+    m = evaluate(bundle.model, task, split, n, EVAL_SEED)
     typer.echo(json.dumps({k: round(v, 6) if isinstance(v, float) else v for k, v in m.items()}, indent=2))
 
 

@@ -109,7 +109,7 @@ class SharedHookNames:
         names = list(dict.fromkeys(names))
         if kind is None:
             return names
-        return [n for n in names if n.endswith(f"hook_{kind}") or n.endswith(f"_{kind}")]
+        return [n for n in names if n.endswith((f"hook_{kind}", f"_{kind}"))]
 
     def _widen_filter(self, names_filter: Callable[[str], bool]) -> Callable[[str], bool]:
         aliases_of = getattr(self, "_native_to_aliases", {})

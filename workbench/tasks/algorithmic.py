@@ -163,15 +163,26 @@ class RecallTask(AlgorithmicTask):
     name = "recall"
     ARROW, QUERY = ">", "?"
 
-    def __init__(self, n_pairs: int = 8, n_keys: int = 26, n_values: int = 16, test_fraction: float = 0.1):
+    def __init__(self, n_pairs: int = 8, n_keys: int = 26, n_values: int = 16, test_fraction: float = 0.1,
+                 min_pairs: int | None = None):
         if not 1 <= n_pairs <= n_keys:
             raise ValueError(f"n_pairs must be in 1..n_keys={n_keys} (keys are distinct), got {n_pairs}")
         if n_values < 1:
             raise ValueError(f"n_values must be >= 1, got {n_values}")
-        self.n_pairs, self.n_keys, self.n_values = n_pairs, n_keys, n_values
+        min_pairs = n_pairs if min_pairs is None else min_pairs
+        if not 1 <= min_pairs <= n_pairs:
+            raise ValueError(f"min_pairs must be in 1..n_pairs={n_pairs}, got {min_pairs}")
+        self.n_pairs, self.n_keys, self.n_values, self.min_pairs = n_pairs, n_keys, n_values, min_pairs
         super().__init__(test_fraction)
         self.key_ids = self.ids(letter_names(n_keys))
         self.value_ids = self.ids(number_names(0, n_values))
+
+    def params(self) -> dict:
+        # min_pairs is left out at its default so that existing specs ({"name": "recall"}) stay equal
+        out = super().params()
+        if out.get("min_pairs") == self.n_pairs:
+            del out["min_pairs"]
+        return out
 
     def symbols(self) -> list[str]:
         return [self.ARROW, self.QUERY, *letter_names(self.n_keys), *number_names(0, self.n_values)]
@@ -189,7 +200,16 @@ class RecallTask(AlgorithmicTask):
 
     def generate(self, gen: torch.Generator, rows: int) -> torch.Tensor:
         keys, values, pairs = self.draw_pairs(gen, rows)
-        which = randint(gen, self.n_pairs, (rows, 1))
+        # With min_pairs < n_pairs a row holds m pairs, m uniform in [min_pairs, n_pairs]; the missing
+        # leading pairs are <pad>, so every row keeps one length and the answer one position. Short
+        # contexts give a strong signal for the lookup circuit, which then carries to long ones.
+        if self.min_pairs < self.n_pairs:
+            absent = randint(gen, self.n_pairs - self.min_pairs + 1, (rows, 1))
+            slot = torch.arange(self.n_pairs).expand(rows, -1)
+            pairs = pairs.masked_fill((slot < absent).repeat_interleave(3, dim=1), self.tokenizer.pad_id)
+            which = absent + (torch.rand(rows, 1, generator=gen) * (self.n_pairs - absent)).long()
+        else:
+            which = randint(gen, self.n_pairs, (rows, 1))
         query = self.key_ids[keys.gather(1, which)]
         answer = self.value_ids[values.gather(1, which)]
         return torch.cat(

@@ -71,6 +71,7 @@ def make_card(entry: ZooEntry, task: Task, config: dict, model, metrics: dict, t
         "name": entry.name,
         "architecture": entry.architecture,
         "task": task.spec(),
+        "eval_task": task_from_spec(entry.measured_task).spec(),
         "model_config": config,
         "train_config": asdict(entry.train),
         "metrics": metrics,
@@ -90,7 +91,7 @@ def build_entry(entry: ZooEntry, models_dir: Path, catalog: Catalog, progress: b
     task = task_from_spec(entry.task)
     config = model_config(entry.architecture, task.tokenizer.vocab_size, task.seq_len, **entry.model)
     result = train(config, task, entry.train, catalog.root / "runs" / entry.name, progress=progress)
-    metrics = measure(result.model, task, entry.eval_examples)
+    metrics = measure(result.model, task_from_spec(entry.measured_task), entry.eval_examples)
     card = make_card(entry, task, config, result.model, metrics, result.tokens, result.elapsed_s)
     folder = save_model_folder(models_dir / entry.name, result.model, config, task.tokenizer, card, result.curves)
     catalog.register("run", entry.name, result.run_dir, {"steps": result.steps, "model": entry.name})
@@ -144,8 +145,8 @@ def verify_bundle(bundle: ModelBundle) -> VerifyRow:
     if not card:
         row.problems.append(f"{bundle.folder} has no card.json")
         return row
-    task = task_from_spec(card["task"])
-    if task.tokenizer != bundle.tokenizer:
+    task = task_from_spec(card.get("eval_task") or card["task"])
+    if task.tokenizer != bundle.tokenizer or task_from_spec(card["task"]).tokenizer != bundle.tokenizer:
         row.problems.append("tokenizer.json differs from the task's tokenizer")
         return row
     if count_parameters(bundle.model) != card.get("parameters"):
@@ -163,7 +164,7 @@ def verify_zoo(models_dir: Path, catalog: Catalog | None = None) -> list[VerifyR
     for folder in folders:
         try:
             bundle = load_model_folder(folder)
-        except Exception as err:  # a damaged folder is a verification failure, reported by name
+        except (OSError, ValueError, KeyError, RuntimeError) as err:  # a damaged folder fails by name
             rows.append(VerifyRow(folder.name, [f"cannot load: {err}"]))
             continue
         row = verify_bundle(bundle)
