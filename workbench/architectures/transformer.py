@@ -41,13 +41,15 @@ DEFAULTS = {
 }
 
 
-def transformer_aliases(n_layers: int) -> dict[str, str]:
-    aliases = {"hook_final": "ln_final.hook_normalized"}
+def transformer_aliases(n_layers: int, normalized: bool = True) -> dict[str, str]:
+    """Shared -> transformer_lens names; without LayerNorms the sublayers read the residual itself."""
+    last = f"blocks.{n_layers - 1}.hook_resid_post"
+    aliases = {"hook_final": "ln_final.hook_normalized" if normalized else last}
     for layer in range(n_layers):
         b = f"blocks.{layer}"
-        aliases[f"{b}.hook_mixer_in"] = f"{b}.ln1.hook_normalized"
+        aliases[f"{b}.hook_mixer_in"] = f"{b}.ln1.hook_normalized" if normalized else f"{b}.hook_resid_pre"
         aliases[f"{b}.hook_mixer_out"] = f"{b}.hook_attn_out"
-        aliases[f"{b}.hook_mlp_in"] = f"{b}.ln2.hook_normalized"
+        aliases[f"{b}.hook_mlp_in"] = f"{b}.ln2.hook_normalized" if normalized else f"{b}.hook_resid_mid"
     return aliases
 
 
@@ -60,7 +62,7 @@ class WorkbenchTransformer(SharedHookNames, HookedTransformer):
             # wrapper around Hugging Face models; ours are built from a config, which the bridge lacks.
             warnings.simplefilter("ignore", DeprecationWarning)
             super().__init__(cfg, **kwargs)
-        self.register_hook_aliases(transformer_aliases(cfg.n_layers))
+        self.register_hook_aliases(transformer_aliases(cfg.n_layers, cfg.normalization_type is not None))
 
     def forward(self, tokens, *args, **kwargs):
         # Token ids always: a string prompt goes through the task's tokenizer, never a HF tokenizer.
@@ -79,6 +81,7 @@ def build(config: dict) -> WorkbenchTransformer:
     cfg = HookedTransformerConfig(
         default_prepend_bos=False,  # our tasks put <bos> themselves
         seed=config.get("seed"),
+        device="cpu",  # transformer_lens would move to a GPU when it sees one; the caller decides
         **fields,
     )
     return WorkbenchTransformer(cfg)

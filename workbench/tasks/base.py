@@ -39,6 +39,9 @@ class Batch:
     def __getitem__(self, idx) -> Batch:
         return Batch(self.tokens[idx], self.loss_mask[idx], self.answer_mask[idx])
 
+    def to(self, device) -> Batch:
+        return Batch(self.tokens.to(device), self.loss_mask.to(device), self.answer_mask.to(device))
+
     def prompt_lengths(self) -> torch.Tensor:
         """Index of each row's first answer token: the prompt is ``tokens[b, :len]``."""
         return self.answer_mask.int().argmax(dim=1)

@@ -19,7 +19,7 @@ def evaluate_batch(model: torch.nn.Module, batch: Batch, chunk: int = 256) -> di
     model.eval()
     hits, nll_sum, n_tok, ans_sum, n_ans = 0, 0.0, 0, 0.0, 0
     for start in range(0, len(batch), chunk):
-        part = batch[start : start + chunk]
+        part = batch[start : start + chunk].to(next(model.parameters()).device)
         logits = model(part.tokens)
         hits += int(answer_hits(logits, part).sum())
         logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)

@@ -80,6 +80,10 @@ class TrainResult:
     extra: dict = field(default_factory=dict)
 
 
+def model_device(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
 def batch_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919 + 17) % (2**62)
 
@@ -135,7 +139,7 @@ def _check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, run_di
 
 
 def _train_step(model, optimizer, task: Task, cfg: TrainConfig, step: int, run_dir: Path) -> tuple[float, int]:
-    batch = task.sample("train", cfg.batch_size, batch_seed(cfg.seed, step))
+    batch = task.sample("train", cfg.batch_size, batch_seed(cfg.seed, step)).to(model_device(model))
     for group in optimizer.param_groups:
         group["lr"] = lr_at(step, cfg)
     loss = masked_token_loss(model(batch.tokens), batch)
