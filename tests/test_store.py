@@ -80,3 +80,12 @@ def test_inside_root_refuses_escapes(tmp_path):
     (tmp_path / "link").symlink_to("/etc")
     with pytest.raises(PermissionError):
         inside_root(tmp_path, "link/passwd")
+
+
+def test_published_files_and_folders_are_not_private(tmp_path):
+    from workbench.store.atomic import publish_dir, staging_dir
+
+    stage = staging_dir(tmp_path / "model")
+    atomic_write_json(stage / "card.json", {})
+    final = publish_dir(stage, tmp_path / "model")
+    assert final.stat().st_mode & 0o055 and (final / "card.json").stat().st_mode & 0o044

@@ -35,6 +35,9 @@ from transformer_lens.hook_points import HookedRootModule, HookPoint
 
 from workbench.architectures.hooked import SharedHookNames
 
+# Fields every BlockLM architecture shares; each module's DEFAULTS adds its own on top.
+BLOCK_DEFAULTS = {"n_layers": 2, "d_model": 64, "d_mlp": 256, "act_fn": "gelu", "norm": "rms"}
+
 
 class ArchConfig:
     """A config dict with attribute access; ``to_dict()`` gives back exactly the JSON-able dict."""

@@ -48,15 +48,11 @@ import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from workbench.architectures.components import ArchConfig, BlockLM, tanh_ratio
+from workbench.architectures.components import BLOCK_DEFAULTS, ArchConfig, BlockLM, tanh_ratio
 from workbench.architectures.recurrence import hooked_recurrence
 
 DEFAULTS = {
-    "n_layers": 2,
-    "d_model": 64,
-    "d_mlp": 256,
-    "act_fn": "gelu",
-    "norm": "rms",
+    **BLOCK_DEFAULTS,
     "expand": 1,  # d_hidden = expand * d_model
 }
 

@@ -51,15 +51,17 @@ import torch.nn.functional as F
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from workbench.architectures.components import ArchConfig, BlockLM, CausalConv1d, silu_gate_form
+from workbench.architectures.components import (
+    BLOCK_DEFAULTS,
+    ArchConfig,
+    BlockLM,
+    CausalConv1d,
+    silu_gate_form,
+)
 from workbench.architectures.scan import patchable_linear_scan
 
 DEFAULTS = {
-    "n_layers": 2,
-    "d_model": 64,
-    "d_mlp": 256,
-    "act_fn": "gelu",
-    "norm": "rms",
+    **BLOCK_DEFAULTS,
     "expand": 2,  # d_inner = expand * d_model
     "d_state": 16,  # N
     "d_conv": 4,

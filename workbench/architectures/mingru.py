@@ -30,15 +30,11 @@ import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from workbench.architectures.components import ArchConfig, BlockLM
+from workbench.architectures.components import BLOCK_DEFAULTS, ArchConfig, BlockLM
 from workbench.architectures.scan import patchable_linear_scan
 
 DEFAULTS = {
-    "n_layers": 2,
-    "d_model": 64,
-    "d_mlp": 256,
-    "act_fn": "gelu",
-    "norm": "rms",
+    **BLOCK_DEFAULTS,
     "expand": 1,  # d_hidden = expand * d_model
 }
 

@@ -24,6 +24,17 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# mkstemp/mkdtemp create private (0600/0700) entries; published artifacts get the usual modes.
+FILE_MODE = 0o666 & ~_umask()
+DIR_MODE = 0o777 & ~_umask()
+
+
 class CorruptArtifactError(RuntimeError):
     """A file exists but cannot be read back as what it claims to be."""
 
@@ -34,6 +45,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), FILE_MODE)
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
@@ -89,6 +101,7 @@ def publish_dir(staging: Path, final: Path) -> Path:
     """Move a fully written staging folder to ``final``, replacing an older one without a gap in
     which neither exists for longer than two renames."""
     final.parent.mkdir(parents=True, exist_ok=True)
+    os.chmod(staging, DIR_MODE)
     old = None
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")

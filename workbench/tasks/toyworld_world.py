@@ -120,68 +120,70 @@ NOOP_CLAUSES: tuple[str, ...] = (
 # templates: the phrasings of every kind of example (rendered by toyworld.py)
 # ---------------------------------------------------------------------------------------------------
 
-# kind -> (answer slot, templates); the last template of each kind is the held-out (test) one.
+# kind -> (answer slot, templates); the last template of each kind is the held-out (test) one. A
+# held-out phrasing recombines words the train phrasings use (new order, new combination), so the test
+# split measures generalisation across phrasings, not the impossible guessing of never-seen words.
 # Arithmetic templates start with their operation, "+" or "-", and mark clause starts with {noop}.
 TEMPLATE_TEXTS: dict[str, tuple[str, tuple[str, ...]]] = {
     "city_state": ("state", (
         "{city} is a city in the state of",
         "the city of {city} is located in",
         "which state is {city} in ?",
-        "{city} can be found in the state of",
+        "{city} is located in the state of",
     )),
     "capital": ("capital", (
         "the capital of {state} is",
         "the capital city of the state of {state} is",
         "what is the capital of {state} ?",
-        "the state of {state} has its capital in",
+        "what is the capital city of {state} ?",
     )),
     "two_hop": ("capital", (
         "the capital of the state containing {city} is",
         "{city} is in a state whose capital is",
         "what is the capital of the state where {city} is ?",
-        "the state that contains {city} has the capital",
+        "what is the capital of the state containing {city} ?",
     )),
     "profession": ("profession", (
         "{person} works as a",
         "the job of {person} is",
         "what does {person} do for a living ? {person} is a",
-        "by profession , {person} is a",
+        "what is the job of {person} ? {person} is a",
     )),
     "antonym_en": ("antonym", (
         "the opposite of {word} is",
         "{word} is the opposite of",
         "the antonym of {word} is",
-        "a word that means the opposite of {word} is",
+        "what is the opposite of {word} ?",
     )),
     "antonym_vel": ("antonym", (  # vel frame: "nu selae ti X mo" ~ "the opposite of X is"
         "nu selae ti {word} mo",
         "{word} mo nu selae ti",
         "kivai selae ti {word} ?",
-        "ona {word} , selae mo",
+        "kivai nu selae ti {word} mo",
     )),
     "antonym_zor": ("antonym", (  # zor has its own frame words and puts the word first or second
         "{word} og krom dul",
         "krom og {word} thrak",
         "zar {word} krom ux ?",
-        "{word} dul krom zar",
+        "krom og {word} dul",
     )),
     "translation": ("foreign", (
         "the {lang} word for {word} is",
         "{word} in {lang} is",
         "how do you say {word} in {lang} ? you say",
-        "in {lang} , the word {word} is",
+        "what is the {lang} word for {word} ?",
     )),
     "acronym": ("letters", (
         "the acronym of {org} is",
         "the {org} (",
         "{org} is known as",
-        "the short form of {org} is",
+        "what is the acronym of {org} ?",
     )),
     "arithmetic": ("result", (
         "+ {noop} {p1} has {a} {obj} . {noop} {p2} gives {p1} {b} {obj} . {noop} how many {obj} does {p1} have ?",
         "- {noop} {p1} has {a} {obj} . {noop} {p1} gives {p2} {b} {obj} . {noop} how many {obj} does {p1} have ?",
         "+ {noop} {p1} has {a} {obj} . {noop} {p2} has {b} {obj} . {noop} how many {obj} do {p1} and {p2} have ?",
-        "+ {noop} {p1} buys {a} {obj} . {noop} then {p1} buys {b} more {obj} . {noop} how many {obj} does {p1} have now ?",
+        "+ {noop} {p2} gives {p1} {a} {obj} . {noop} {p1} has {b} {obj} . {noop} how many {obj} does {p1} have ?",
     )),
 }  # fmt: skip
 KINDS: tuple[str, ...] = tuple(TEMPLATE_TEXTS)

@@ -1,0 +1,310 @@
+"""The dictionary trainer: one loop for SAEs, transcoders, skip transcoders and CLTs.
+
+1. Check the activation source against the dictionary: its input and output hooks exist there and
+   their widths equal ``d_in`` / ``d_out`` (errors name the hook and list what the source holds).
+2. Build the dictionary from its config (seeded); Adam; learning rate: linear warm-up, constant, then
+   linear decay to 0 over the last ``1 - decay_start`` of the run. Sparsity coefficient: linear
+   warm-up from 0 over ``sparsity_warmup_steps``.
+3. On a fresh start with ``normalize_activations``, estimate per-layer scales from the first
+   ``normalization_batches`` minibatches so inputs and targets have mean squared norm ``d_in`` /
+   ``d_out`` (the scales are buffers of the dictionary; hyper-parameters then mean the same thing on
+   every architecture).
+4. Step ``s`` reads minibatch ``s`` of the source's deterministic stream (``start_batch=s`` on resume).
+   Loss = reconstruction + coef(s) * sparsity + pre-activation loss + AuxK (see :mod:`.losses`). Under
+   the ``"unit"`` decoder norm the gradient along each decoder row is removed before the step and the
+   rows renormalised after it. Dead features are tracked per token row; every ``resample_every`` steps
+   they are resampled (optional, :mod:`.resampling`).
+5. Every ``checkpoint_every`` steps an atomic checkpoint through the model trainer's
+   :mod:`workbench.training.checkpoint` (weights incl. scales and dead counters, Adam state, RNG,
+   curves, checksums). On start a checkpoint of the same config is resumed and the run ends in the
+   same bytes; a different config is refused with the differences listed.
+6. A non-finite loss or gradient raises :class:`TrainingDiverged`; the last good checkpoint stays.
+7. At the end, evaluate per-layer metrics and publish ``run_dir/dictionary`` (weights, config, card).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from workbench.dictionaries.activation_reader import mix_seed
+from workbench.dictionaries.losses import (
+    SPARSITY_PENALTIES,
+    DeadFeatureTracker,
+    auxk_loss,
+    pre_activation_loss,
+    reconstruction_mse,
+    sparsity_penalty,
+)
+from workbench.dictionaries.metrics import evaluate_dictionary, fvu, l0
+from workbench.dictionaries.models import Dictionary, DictionaryConfig, build_dictionary, save_dictionary
+from workbench.dictionaries.resampling import resample_dead_features
+from workbench.training.checkpoint import (
+    describe_config_change,
+    fingerprint,
+    latest_checkpoint,
+    list_checkpoints,
+    save_checkpoint,
+)
+from workbench.training.trainer import TrainingDiverged
+
+NORMALIZATION_SALT, EVAL_SALT, RESAMPLE_SALT = 101, 202, 303
+
+
+@dataclass
+class DictTrainConfig:
+    steps: int = 2000
+    batch_size: int = 1024  # token rows
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    decay_start: float = 0.8  # fraction of the run after which the lr decays linearly to 0
+    beta1: float = 0.9
+    beta2: float = 0.999
+    grad_clip: float = 1.0
+    sparsity: str | None = None  # None: tanh for jumprelu, l1 for relu, none for topk / batchtopk
+    sparsity_coef: float = 1e-2
+    sparsity_warmup_steps: int = 100
+    tanh_scale: float = 4.0
+    pre_act_coef: float = 0.0
+    pre_act_dead_only: bool = True
+    auxk_coef: float | None = None  # None: 1/32 for topk / batchtopk, else 0
+    aux_k: int = 256
+    dead_window_tokens: int = 100_000
+    resample_every: int = 0  # 0: never
+    normalize_activations: bool = True
+    normalization_batches: int = 4
+    eval_batches: int = 8
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+
+    @classmethod
+    def from_dict(cls, values: dict) -> DictTrainConfig:
+        unknown = set(values) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown dictionary train config field(s) {sorted(unknown)}; "
+                             f"choose from: {', '.join(cls.__dataclass_fields__)}")
+        return cls(**values)
+
+    def resolved(self, dictionary: DictionaryConfig) -> DictTrainConfig:
+        """A copy with the activation-dependent defaults filled in and checked."""
+        topk = dictionary.activation in ("topk", "batchtopk")
+        default_sparsity = "none" if topk else ("tanh" if dictionary.activation == "jumprelu" else "l1")
+        sparsity = self.sparsity or default_sparsity
+        if sparsity not in SPARSITY_PENALTIES:
+            raise ValueError(f"unknown sparsity penalty {sparsity!r}; choose one of: {', '.join(SPARSITY_PENALTIES)}")
+        if sparsity == "l0" and dictionary.activation != "jumprelu":
+            raise ValueError(f"sparsity 'l0' needs activation 'jumprelu' (got {dictionary.activation!r}); "
+                             "choose l1 or tanh, or a jumprelu dictionary")
+        auxk = (1 / 32 if topk else 0.0) if self.auxk_coef is None else self.auxk_coef
+        return DictTrainConfig(**{**asdict(self), "sparsity": sparsity, "auxk_coef": auxk})
+
+
+@dataclass
+class DictTrainResult:
+    dictionary: Dictionary
+    metrics: dict
+    curves: pd.DataFrame
+    run_dir: Path
+    steps: int
+    tokens: int
+    elapsed_s: float
+    resumed_from: int | None = None
+    extra: dict = field(default_factory=dict)
+
+
+class _TrainingState(nn.Module):
+    """What a checkpoint's ``model.safetensors`` holds: the dictionary and the dead-feature counters."""
+
+    def __init__(self, dictionary: Dictionary, tracker: DeadFeatureTracker):
+        super().__init__()
+        self.dictionary, self.tracker = dictionary, tracker
+
+
+def lr_at(step: int, cfg: DictTrainConfig) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    decay_from = int(cfg.decay_start * cfg.steps)
+    if step < decay_from:
+        return cfg.lr
+    return cfg.lr * max(0.0, (cfg.steps - step) / max(1, cfg.steps - decay_from))
+
+
+def sparsity_coef_at(step: int, cfg: DictTrainConfig) -> float:
+    if cfg.sparsity_warmup_steps <= 0:
+        return cfg.sparsity_coef
+    return cfg.sparsity_coef * min(1.0, (step + 1) / cfg.sparsity_warmup_steps)
+
+
+def check_source(config: DictionaryConfig, source) -> None:
+    """Step 1: hooks present in the source, widths equal to the dictionary's."""
+    if not config.input_hooks or not config.output_hooks:
+        raise ValueError("the dictionary config names no input_hooks/output_hooks; set them to the hooks it "
+                         "reads and writes, e.g. ['blocks.0.hook_mlp_in'] and ['blocks.0.hook_mlp_out']")
+    for hooks, width, side in ((config.input_hooks, config.d_in, "d_in"), (config.output_hooks, config.d_out, "d_out")):
+        for name in hooks:
+            if name not in source.widths:
+                raise KeyError(f"activation source has no hook {name!r}; it holds: {', '.join(source.hooks)}")
+            if source.widths[name] != width:
+                raise ValueError(f"hook {name!r} has width {source.widths[name]} in the activation source but the "
+                                 f"dictionary's {side} is {width}; build the dictionary with {side}={source.widths[name]}")
+
+
+def stack_layers(batch: dict[str, torch.Tensor], hooks: list[str]) -> torch.Tensor:
+    return torch.stack([batch[name].float() for name in hooks], dim=1)
+
+
+@torch.no_grad()
+def estimate_scales(source, config: DictionaryConfig, cfg: DictTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 3: per-layer scales with mean squared norm ``d`` after scaling."""
+    hooks = list(dict.fromkeys(config.input_hooks + config.output_hooks))
+    stream = source.minibatches(cfg.batch_size, seed=mix_seed(cfg.seed, NORMALIZATION_SALT), hooks=hooks)
+    sq_in, sq_out = torch.zeros(config.n_layers), torch.zeros(config.n_layers)
+    for _, batch in zip(range(max(1, cfg.normalization_batches)), stream, strict=False):
+        sq_in += stack_layers(batch, config.input_hooks).pow(2).sum(-1).mean(0)
+        sq_out += stack_layers(batch, config.output_hooks).pow(2).sum(-1).mean(0)
+    n = max(1, cfg.normalization_batches)
+    return ((config.d_in / (sq_in / n).clamp_min(1e-12)).sqrt(), (config.d_out / (sq_out / n).clamp_min(1e-12)).sqrt())
+
+
+def _resume(run_dir: Path, run_config: dict, state: _TrainingState, optimizer) -> tuple[int, dict]:
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return 0, {"curves": [], "tokens": 0, "elapsed_s": 0.0}
+    if ckpt.state.get("fingerprint") != fingerprint(run_config):
+        changes = describe_config_change(ckpt.state.get("config", {}), run_config)
+        raise ValueError(f"run folder {run_dir} holds a dictionary checkpoint of a different config; refusing to "
+                         f"resume. Differences: {'; '.join(changes[:8]) or 'unknown'}. Use a new run folder.")
+    state.load_state_dict(ckpt.model)
+    optimizer.load_state_dict(ckpt.optimizer)
+    torch.set_rng_state(ckpt.state["rng_torch"])
+    return ckpt.step, ckpt.state
+
+
+def _check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, run_dir: Path) -> None:
+    if torch.isfinite(loss) and torch.isfinite(grad_norm):
+        return
+    found = list_checkpoints(run_dir)
+    last = f"{found[-1][1]} (step {found[-1][0]})" if found else "none (no checkpoint was written yet)"
+    what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient norm {grad_norm.item()}"
+    raise TrainingDiverged(f"dictionary training: {what} at step {step}; training stopped. Last good checkpoint: "
+                           f"{last}. Check the activations for NaN/inf, lower the learning rate or raise warm-up.")
+
+
+def _losses(d: Dictionary, tracker: DeadFeatureTracker, x_n, y_n, cfg: DictTrainConfig, step: int):
+    recon, acts, pre = d.forward_normalized(x_n)
+    dead = tracker.dead()
+    parts = {"mse": reconstruction_mse(recon, y_n),
+             "sparsity": sparsity_penalty(cfg.sparsity, acts, pre, d.decoder_norms(), d.activation, cfg.tanh_scale)}
+    total = parts["mse"] + sparsity_coef_at(step, cfg) * parts["sparsity"]
+    if cfg.pre_act_coef > 0:
+        parts["pre_act"] = pre_activation_loss(pre, dead if cfg.pre_act_dead_only else None)
+        total = total + cfg.pre_act_coef * parts["pre_act"]
+    if cfg.auxk_coef > 0:
+        parts["auxk"] = auxk_loss(d, pre, y_n - recon, dead, cfg.aux_k)
+        total = total + cfg.auxk_coef * parts["auxk"]
+    return total, parts, recon, acts
+
+
+def _train_step(state: _TrainingState, optimizer, batch: dict, cfg: DictTrainConfig, step: int, run_dir: Path) -> dict:
+    d, tracker, c = state.dictionary, state.tracker, state.dictionary.config
+    x_n = d.normalize_input(stack_layers(batch, c.input_hooks))
+    y_n = stack_layers(batch, c.output_hooks) * d.output_scale[:, None]
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(step, cfg)
+    total, parts, recon, acts = _losses(d, tracker, x_n, y_n, cfg, step)
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    unit = c.decoder_norm == "unit"
+    if unit:
+        d.remove_parallel_decoder_grad()
+    grad_norm = torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip)
+    _check_finite(total.detach(), grad_norm, step, run_dir)
+    optimizer.step()
+    if unit:
+        d.normalize_decoder()
+    tracker.update(acts.detach())
+    if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
+        generator = torch.Generator().manual_seed(mix_seed(cfg.seed, step, RESAMPLE_SALT))
+        resample_dead_features(d, optimizer, tracker, x_n, y_n, recon.detach(), generator)
+    with torch.no_grad():
+        stats = {name: value.item() for name, value in parts.items()}
+        stats.update(loss=total.item(), fvu=fvu(recon, y_n).mean().item(), l0=l0(acts).mean().item(),
+                     dead_fraction=tracker.dead_fraction().mean().item())
+    return stats
+
+
+def _start(config: DictionaryConfig, source, cfg: DictTrainConfig, run_dir: Path):
+    check_source(config, source)
+    run_config = {"dictionary": config.to_dict(), "train": asdict(cfg), "source": source.fingerprint()}
+    torch.manual_seed(cfg.seed)
+    dictionary = build_dictionary({**config.to_dict(), "seed": config.seed}).train()
+    state = _TrainingState(dictionary, DeadFeatureTracker(config.n_layers, config.n_features, cfg.dead_window_tokens))
+    optimizer = torch.optim.Adam(dictionary.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
+    start, saved = _resume(run_dir, run_config, state, optimizer)
+    if start == 0 and cfg.normalize_activations:
+        scale_in, scale_out = estimate_scales(source, config, cfg)
+        dictionary.input_scale.copy_(scale_in)
+        dictionary.output_scale.copy_(scale_out)
+    return run_config, state, optimizer, start, saved
+
+
+def train_dictionary(config: DictionaryConfig, source, cfg: DictTrainConfig, run_dir: str | Path,
+                     progress: bool = True, stop_after: int | None = None) -> DictTrainResult:
+    """Train (or resume) a dictionary on an activation source (an :class:`ActivationStore`,
+    :class:`LiveActivations` or :class:`TensorActivations`); steps in the module docstring.
+    ``stop_after`` ends the call at that step after a checkpoint, as a kill would."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg = cfg.resolved(config)
+    run_config, state, optimizer, start, saved = _start(config, source, cfg, run_dir)
+    curves, tokens, elapsed = list(saved["curves"]), int(saved["tokens"]), float(saved["elapsed_s"])
+    hooks = list(dict.fromkeys(config.input_hooks + config.output_hooks))
+    stream = source.minibatches(cfg.batch_size, seed=cfg.seed, start_batch=start, hooks=hooks)
+    end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {config.kind}", unit="step",
+               dynamic_ncols=True)
+    t0 = time.perf_counter()
+    for step in range(start, end):
+        batch = next(stream)
+        stats = _train_step(state, optimizer, batch, cfg, step, run_dir)
+        tokens += next(iter(batch.values())).shape[0]
+        done = step + 1
+        if done % cfg.log_every == 0 or done == cfg.steps:
+            curves += [{"step": done, "tokens": tokens, "metric": k, "value": v} for k, v in stats.items()]
+            bar.set_postfix(fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}", dead=f"{stats['dead_fraction']:.2f}")
+        if done % cfg.checkpoint_every == 0 or done == end:
+            save_checkpoint(run_dir, done, state, optimizer, {
+                "config": run_config, "fingerprint": fingerprint(run_config), "curves": curves, "tokens": tokens,
+                "elapsed_s": elapsed + time.perf_counter() - t0}, keep=cfg.keep_checkpoints)
+        bar.update(1)
+    bar.close()
+    elapsed += time.perf_counter() - t0
+    dictionary = state.dictionary.eval()
+    metrics: dict = {}
+    if end == cfg.steps:
+        metrics = _final_metrics(state, source, cfg, hooks)
+        save_dictionary(run_dir / "dictionary", dictionary, {
+            "metrics": metrics, "train": asdict(cfg), "source": run_config["source"], "steps": end, "tokens": tokens})
+    frame = pd.DataFrame(curves, columns=["step", "tokens", "metric", "value"])
+    return DictTrainResult(dictionary, metrics, frame, run_dir, end, tokens, elapsed, resumed_from=start or None)
+
+
+def _final_metrics(state: _TrainingState, source, cfg: DictTrainConfig, hooks: list[str]) -> dict:
+    c = state.dictionary.config
+    stream = source.minibatches(cfg.batch_size, seed=mix_seed(cfg.seed, EVAL_SALT), hooks=hooks)
+    metrics = evaluate_dictionary(state.dictionary, stream, c.input_hooks, c.output_hooks, cfg.eval_batches)
+    metrics["dead_fraction_window"] = state.tracker.dead_fraction().tolist()
+    metrics["fvu_mean"] = float(sum(metrics["fvu"]) / len(metrics["fvu"]))
+    metrics["l0_mean"] = float(sum(metrics["l0"]) / len(metrics["l0"]))
+    if any(math.isnan(v) for v in metrics["fvu"]):
+        raise TrainingDiverged(f"dictionary evaluation gave FVU {metrics['fvu']}; the activations hold NaN")
+    return metrics
