@@ -134,7 +134,7 @@ def test_shuffled_reader_is_deterministic_and_covers_every_row_once_per_epoch(tm
         next(store.minibatches(8, seed=0, hooks=["blocks.3.hook_mlp_in"]))
 
 
-def test_live_mode_streams_the_same_rows_and_resumes(rwkv):
+def test_live_mode_streams_the_same_rows_resumes_and_trains(tmp_path, rwkv):
     live = LiveActivations(rwkv, TASK, HOOKS, chunk_sequences=4)
     assert live.widths["blocks.0.hook_mlp_in"] == 32
     stream = live.minibatches(30, seed=1)
@@ -146,6 +146,11 @@ def test_live_mode_streams_the_same_rows_and_resumes(rwkv):
     rows = real_token_rows(rwkv, chunk, HOOKS, TASK.tokenizer.pad_id)
     seen = {tuple(r.tolist()) for r in torch.cat([b[HOOKS[1]] for b in batches])}
     assert all(tuple(r.tolist()) in seen for r in rows[HOOKS[1]][:10])
+    config = DictionaryConfig("transcoder", d_in=32, d_out=16, n_features=16, input_hooks=HOOKS[:1],
+                              output_hooks=HOOKS[1:2])
+    cfg = DictTrainConfig(steps=3, batch_size=30, checkpoint_every=3, eval_batches=1, normalization_batches=1)
+    result = train_dictionary(config, live, cfg, tmp_path / "live-run", progress=False)
+    assert result.steps == 3 and result.tokens == 90 and len(result.metrics["fvu"]) == 1
 
 
 def test_clt_trains_from_a_transformer_store(tmp_path):

@@ -27,10 +27,12 @@ from workbench.dictionaries import (
     l1_penalty,
     load_dictionary,
     pre_activation_loss,
+    register_dictionary,
     save_dictionary,
     tanh_penalty,
     train_dictionary,
 )
+from workbench.store import Catalog
 from workbench.training import TrainingDiverged, list_checkpoints
 
 
@@ -198,12 +200,15 @@ def test_batchtopk_keeps_k_times_batch_per_layer_and_converts_to_jumprelu():
 
     clt = build_dictionary(DictionaryConfig("clt", d_in=8, n_features=32, n_layers=2, activation="batchtopk", k=4))
     calibration = torch.randn(64, 2, 8)
-    expected, _ = clt(calibration)
+    expected, expected_acts = clt(calibration)
     for method in ("global", "per_feature"):
         converted = clt.batchtopk_to_jumprelu([calibration], method=method)
         assert converted.config.activation == "jumprelu"
         recon, acts = converted(calibration)
         assert torch.allclose(recon, expected, atol=1e-5), method
+        assert torch.equal(acts != 0, expected_acts != 0) and torch.allclose(acts, expected_acts), method
+        one_row, _ = converted(calibration[:1])  # the converted dictionary no longer depends on the batch
+        assert torch.allclose(one_row, converted(calibration)[0][:1], atol=1e-6)
     thresholds = clt.batchtopk_to_jumprelu([calibration]).activation.threshold
     assert torch.allclose(thresholds, thresholds[:, :1].expand_as(thresholds))  # global: one per layer
     with pytest.raises(TypeError, match="only a batchtopk dictionary"):
@@ -285,6 +290,9 @@ def test_training_learns_a_sparse_transcoder(tmp_path):
     reloaded = load_dictionary(tmp_path / "run" / "dictionary")
     x = sparse_dataset().tensors["in"][:8]
     assert torch.equal(reloaded(x)[0], result.dictionary(x)[0])
+    register_dictionary(tmp_path / "run" / "dictionary", "synthetic-tc", root=tmp_path / "artifacts")
+    row = Catalog(tmp_path / "artifacts").get("dictionary", "synthetic-tc")
+    assert row["meta"]["config"]["kind"] == "transcoder" and row["meta"]["metrics"]["fvu"] == result.metrics["fvu"]
 
 
 @pytest.mark.parametrize("activation, extra, train", [

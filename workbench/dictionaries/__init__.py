@@ -42,6 +42,7 @@ from workbench.dictionaries.models import (
     build_dictionary,
     load_dictionary,
     load_dictionary_card,
+    register_dictionary,
     save_dictionary,
 )
 from workbench.dictionaries.nonlinearities import BatchTopK, JumpReLU, ReLU, TopK, heaviside_step, jumprelu
@@ -86,6 +87,7 @@ __all__ = [
     "pre_activation_loss",
     "real_token_rows",
     "reconstruction_mse",
+    "register_dictionary",
     "resample_dead_features",
     "save_dictionary",
     "shuffled_minibatches",

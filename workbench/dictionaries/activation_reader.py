@@ -176,5 +176,9 @@ class TensorActivations:
 
     def minibatches(self, batch_size: int, seed: int, start_batch: int = 0, hooks: list[str] | None = None,
                     epochs: int | None = None) -> Iterator[dict[str, torch.Tensor]]:
+        missing = [h for h in (hooks or []) if h not in self.tensors]
+        if missing:
+            raise KeyError(f"in-memory activations {self.name!r} hold no hook {missing[0]!r}; they hold: "
+                           f"{', '.join(self.hooks)}")
         chosen = {h: self.tensors[h] for h in (hooks or self.hooks)}
         return shuffled_minibatches([self.n_rows], lambda _: chosen, batch_size, seed, start_batch, None, epochs)

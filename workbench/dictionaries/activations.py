@@ -200,7 +200,8 @@ def _write_shard(folder: Path, model, task: Task, spec: dict, widths: dict[str, 
     tensors["position"] = torch.arange(tokens.shape[1], dtype=torch.int32).expand_as(tokens)[mask]
     tensors["sequence_index"] = (torch.arange(tokens.shape[0]) + first_sequence)[:, None].expand_as(tokens)[mask]
     name = f"shard-{index:05d}.safetensors"
-    save_safetensors(tensors, folder / name, {"format": STORE_FORMAT, "shard": index})
+    # one metadata key only: safetensors writes a multi-key metadata map in random order (not same bytes)
+    save_safetensors(tensors, folder / name, {"format": STORE_FORMAT})
     return {"index": index, "file": name, "rows": int(mask.sum()), "sha256": sha256_file(folder / name),
             "sequences": [first_sequence, first_sequence + tokens.shape[0]]}
 

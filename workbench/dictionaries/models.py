@@ -49,6 +49,7 @@ from workbench.store.atomic import (
     save_safetensors,
     staging_dir,
 )
+from workbench.store.catalog import Catalog
 
 DICTIONARY_KINDS = ("sae", "transcoder", "skip_transcoder", "clt")
 DECODER_NORMS = ("unit", "penalty")
@@ -307,6 +308,15 @@ def load_dictionary(folder: str | Path) -> Dictionary:
 def load_dictionary_card(folder: str | Path) -> dict:
     path = Path(folder) / CARD_FILE
     return read_json(path) if path.is_file() else {}
+
+
+def register_dictionary(folder: str | Path, name: str, root: str | Path | None = None) -> None:
+    """List a saved dictionary in the artifacts catalog (kind ``dictionary``) with its config and metrics."""
+    folder = Path(folder)
+    config = read_json(folder / CONFIG_FILE)
+    card = load_dictionary_card(folder)
+    Catalog(root).register("dictionary", name, folder, {"config": config, "metrics": card.get("metrics", {}),
+                                                        "source": card.get("source", {})})
 
 
 __all__ = [

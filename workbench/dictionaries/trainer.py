@@ -185,8 +185,7 @@ def _resume(run_dir: Path, run_config: dict, state: _TrainingState, optimizer) -
                          f"resume. Differences: {'; '.join(changes[:8]) or 'unknown'}. Use a new run folder.")
     state.load_state_dict(ckpt.model)
     optimizer.load_state_dict(ckpt.optimizer)
-    torch.set_rng_state(ckpt.state["rng_torch"])
-    return ckpt.step, ckpt.state
+    return ckpt.step, ckpt.state  # no global RNG to restore: init and resampling use seeded generators
 
 
 def _check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, run_dir: Path) -> None:
@@ -245,8 +244,7 @@ def _train_step(state: _TrainingState, optimizer, batch: dict, cfg: DictTrainCon
 def _start(config: DictionaryConfig, source, cfg: DictTrainConfig, run_dir: Path):
     check_source(config, source)
     run_config = {"dictionary": config.to_dict(), "train": asdict(cfg), "source": source.fingerprint()}
-    torch.manual_seed(cfg.seed)
-    dictionary = build_dictionary({**config.to_dict(), "seed": config.seed}).train()
+    dictionary = build_dictionary(DictionaryConfig.from_dict(config.to_dict())).train()
     state = _TrainingState(dictionary, DeadFeatureTracker(config.n_layers, config.n_features, cfg.dead_window_tokens))
     optimizer = torch.optim.Adam(dictionary.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
     start, saved = _resume(run_dir, run_config, state, optimizer)

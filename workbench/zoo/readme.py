@@ -20,6 +20,13 @@ COLUMNS = ["model", "architecture", "task", "parameters", "test accuracy", "test
            "bigram (test)", "iid perplexity", "bigram (iid)", "training tokens", "training time", "seed"]
 
 
+def task_label(card: dict) -> str:
+    """``recall_multi -> recall`` when a model is trained on one task and tested on another."""
+    trained = card.get("task", {}).get("name", "?")
+    tested = (card.get("eval_task") or {}).get("name", trained)
+    return trained if tested == trained else f"{trained} → {tested}"
+
+
 def card_row(card: dict) -> list[str]:
     m = card.get("metrics", {})
 
@@ -29,7 +36,7 @@ def card_row(card: dict) -> list[str]:
     return [
         f"[{card['name']}]({card['name']}/card.json)",
         card.get("architecture", "?"),
-        card.get("task", {}).get("name", "?"),
+        task_label(card),
         f"{card.get('parameters', 0):,}",
         f"{100 * m.get('test_accuracy', 0):.2f}%",
         f"{m.get('test_perplexity', float('nan')):.3f}",
