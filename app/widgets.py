@@ -145,13 +145,20 @@ def number(value: object) -> float | None:
     return None if math.isnan(value) else float(value)
 
 
+def task_label(card: dict) -> str:
+    """``recall_multi → recall`` when a model is trained on one task and its card measured on another."""
+    trained = str((card.get("task") or {}).get("name", "?"))
+    tested = str((card.get("eval_task") or {}).get("name", trained))
+    return trained if tested == trained else f"{trained} → {tested}"
+
+
 def zoo_dataframe(cards: list[dict]) -> pd.DataFrame:
     """One row per card with the zoo table's columns; missing values are left empty, not invented."""
     rows = []
     for card in cards:
-        metrics, task = card.get("metrics", {}), card.get("task", {})
+        metrics = card.get("metrics", {})
         rows.append([
-            card["name"], str(card.get("architecture", "?")), str(task.get("name", "?")),
+            card["name"], str(card.get("architecture", "?")), task_label(card),
             number(card.get("parameters")), number(metrics.get("test_accuracy")),
             number(metrics.get("test_perplexity")), number(metrics.get("bigram_perplexity")),
             number(card.get("training_tokens")), number(card.get("training_time_s")),

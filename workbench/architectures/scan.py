@@ -82,40 +82,49 @@ def _check(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.expand(a.shape[0], shape[1], *a.shape[2:])
 
 
-def _hillis_steele(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+def _hillis_steele(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
     """Inclusive scan, no autograd: after the step with offset k, position t holds the composition of
-    positions (t - 2k, t]; positions < k are already final."""
+    positions (t - 2k, t] (``reverse``: [t, t + 2k), for ``h_t = a_t h_{t+1} + b_t``); positions
+    within k of the start are already final."""
     shape = torch.broadcast_shapes(a.shape, b.shape)
     h = b.expand(shape).clone()
     acc = a.clone()
     steps, k = b.shape[1], 1
     while k < steps:
+        # "dst" are the positions updated at this step, "src" the ones k behind them in scan order.
+        dst, src = (slice(None, -k), slice(k, None)) if reverse else (slice(k, None), slice(None, -k))
         # The right-hand sides are evaluated into temporaries before the slices are written.
-        h[:, k:] = h[:, k:] + acc[:, k:] * h[:, :-k]
+        h[:, dst] = h[:, dst] + acc[:, dst] * h[:, src]
         if 2 * k < steps:  # the last step's decay products are never read
-            acc[:, k:] = acc[:, k:] * acc[:, :-k]
+            acc[:, dst] = acc[:, dst] * acc[:, src]
         k *= 2
     return h
 
 
+def _shift(x: torch.Tensor, reverse: bool) -> torch.Tensor:
+    """``x`` moved one step along time, a zero slice entering: x_{t+1} at t (``reverse``: x_{t-1})."""
+    zero = torch.zeros_like(x[:, :1])
+    return torch.cat([x[:, 1:], zero], dim=1) if not reverse else torch.cat([zero, x[:, :-1]], dim=1)
+
+
 class _LinearScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, a, b):
-        h = _hillis_steele(a, b)
+    def forward(ctx, a, b, reverse=False):
+        h = _hillis_steele(a, b, reverse)
         ctx.save_for_backward(a, h)
-        ctx.b_shape = b.shape
+        ctx.b_shape, ctx.reverse = b.shape, reverse
         return h
 
     @staticmethod
     def backward(ctx, grad_h):
         a, h = ctx.saved_tensors
-        # g_t = grad_t + a_{t+1} g_{t+1}: reverse the time axis and scan with the decays shifted by one.
-        a_next = torch.cat([a[:, 1:], torch.zeros_like(a[:, :1])], dim=1)
-        g = linear_scan(a_next.flip(1), grad_h.flip(1)).flip(1)
-        h_prev = torch.cat([torch.zeros_like(h[:, :1]), h[:, :-1]], dim=1)
+        # Forward scan: g_t = grad_t + a_{t+1} g_{t+1}, a scan in the other direction with the decays
+        # shifted by one (and symmetrically for a reverse scan). No flips: each would copy the tensor.
+        g = _LinearScan.apply(_shift(a, ctx.reverse), grad_h, not ctx.reverse)
+        h_prev = _shift(h, not ctx.reverse)
         grad_a = (g * h_prev).sum_to_size(a.shape) if ctx.needs_input_grad[0] else None
         grad_b = g.sum_to_size(ctx.b_shape) if ctx.needs_input_grad[1] else None
-        return grad_a, grad_b
+        return grad_a, grad_b, None
 
 
 def _fold_h0(a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor | None) -> torch.Tensor:

@@ -50,6 +50,7 @@ from workbench.store.atomic import (
     staging_dir,
 )
 from workbench.store.catalog import Catalog
+from workbench.training.strict_config import StrictConfig
 
 DICTIONARY_KINDS = ("sae", "transcoder", "skip_transcoder", "clt")
 DECODER_NORMS = ("unit", "penalty")
@@ -63,7 +64,8 @@ def _choice(value, choices, what: str):
 
 
 @dataclass
-class DictionaryConfig:
+class DictionaryConfig(StrictConfig):
+    label = "dictionary config"
     kind: str
     d_in: int
     n_features: int  # per layer
@@ -102,14 +104,6 @@ class DictionaryConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: dict) -> DictionaryConfig:
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown dictionary config field(s) {sorted(unknown)}; "
-                             f"choose from: {', '.join(cls.__dataclass_fields__)}")
-        return cls(**values)
 
 
 def _random_directions(shape: tuple[int, ...], norm: float, dim: tuple[int, ...]) -> torch.Tensor:

@@ -53,13 +53,15 @@ from workbench.training.checkpoint import (
     list_checkpoints,
     save_checkpoint,
 )
+from workbench.training.strict_config import StrictConfig
 from workbench.training.trainer import TrainingDiverged
 
 NORMALIZATION_SALT, EVAL_SALT, RESAMPLE_SALT = 101, 202, 303
 
 
 @dataclass
-class DictTrainConfig:
+class DictTrainConfig(StrictConfig):
+    label = "dictionary train config"
     steps: int = 2000
     batch_size: int = 1024  # token rows
     lr: float = 1e-3
@@ -85,14 +87,6 @@ class DictTrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
-
-    @classmethod
-    def from_dict(cls, values: dict) -> DictTrainConfig:
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown dictionary train config field(s) {sorted(unknown)}; "
-                             f"choose from: {', '.join(cls.__dataclass_fields__)}")
-        return cls(**values)
 
     def resolved(self, dictionary: DictionaryConfig) -> DictTrainConfig:
         """A copy with the activation-dependent defaults filled in and checked."""

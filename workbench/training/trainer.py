@@ -34,6 +34,7 @@ from workbench.training.checkpoint import (
     save_checkpoint,
 )
 from workbench.training.evaluate import EVAL_SEED, evaluate_batch
+from workbench.training.strict_config import StrictConfig
 
 
 class TrainingDiverged(RuntimeError):
@@ -41,7 +42,8 @@ class TrainingDiverged(RuntimeError):
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(StrictConfig):
+    label = "train config"
     steps: int = 2000
     batch_size: int = 64
     lr: float = 3e-3
@@ -58,13 +60,6 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
 
-    @classmethod
-    def from_dict(cls, values: dict) -> TrainConfig:
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown train config field(s) {sorted(unknown)}; "
-                             f"choose from: {', '.join(cls.__dataclass_fields__)}")
-        return cls(**values)
 
 
 @dataclass
