@@ -12,17 +12,15 @@ Shapes. ``b`` is ``[B, T, ...]``; ``a`` has as many dims and broadcasts against 
 or 1, time included: a time-invariant decay may be ``[1, 1, D]``); ``h0`` broadcasts against ``b[:, 0]``.
 The result has ``b``'s shape broadcast with ``a``'s.
 
-Why Hillis-Steele and a hand-written backward. The forward pass is the Hillis-Steele inclusive scan
-of the associative operator ``(a1, b1) o (a2, b2) = (a1 a2, a2 b1 + b2)``: ceil(log2 T) vectorised
-steps (8 for T=256), each a few elementwise ops over the whole tensor, with no padding to a power of
-two and no condition on a (any sign, any size). Blelloch's work-efficient scan saves the log T factor
-in work but needs twice the steps and power-of-two bookkeeping; a chunked scan needs cumulative
-products divided out (unstable) or a log-space form (needs a > 0). At the sizes the workbench trains
-(T <= 1k, small widths) the step count, not the work, is what costs on CPU and GPU alike. Measured,
-forward + backward at T=256, float32: [32, 256, 128, 16] on an H100 5.3 ms against 55.6 ms for the
-sequential loop, [32, 256, 512] 1.5 ms against 30 ms; [8, 256, 128, 16] on one CPU core 0.39 s
-against 1.04 s. Autograd
-through the log T steps would keep ~2 log T copies of the state tensor alive, which for Mamba's
+Why a blocked scan and a hand-written backward. The forward pass splits time into blocks of
+c ~ sqrt(T): every block is scanned at once (c steps, each over [B, T/c, ...]), the state is carried
+across blocks (T/c steps over [B, ...]), and each block adds its carried-in state times its cumulative
+decay. That is about three passes over the data, with no condition on a (any sign) and no padding
+beyond one partial block. The first version was a Hillis-Steele scan (log2 T steps, but each a pass
+over the whole tensor, ~4 log2 T passes in all); for Mamba's [B, T, D, N] states the scan is memory
+bound, and the blocked one measured 2.4x faster at [16, 256, 128, 16] forward on this CPU (58 ms
+against 138 ms) and the same at T = 37. The loops run over sqrt(T) blocks, never over tokens. Autograd
+through the scan's steps would keep a saved slice per step alive (a full copy of the states), which for Mamba's
 ``[B, T, D, N]`` states is the memory bottleneck; instead :class:`_LinearScan` saves only ``a`` and the
 states and computes the backward as the reverse recurrence it is:
 
@@ -34,7 +32,7 @@ written with differentiable ops (through :func:`linear_scan` itself), so double 
 Why no log-space scan. The minGRU paper uses Heinsen's scan, ``h_t = A_t (h0 + sum_s b_s / A_s)`` with
 A_t the cumulative product of the decays, which in linear space under- and overflows for decays in
 (0, 1); so it works in log space (logcumsumexp), which in turn needs b > 0 (their g(x)). The
-associative scan above never divides: it only multiplies decays in (0, 1) and adds, so a product
+blocked scan above never divides: it only multiplies decays in (0, 1) and adds, so a product
 that underflows to 0 is the correct limit (that history's weight is below float resolution), and no
 positivity is needed. The tests check it against the sequential recurrence in float64 (and over
 T=1000 in float32), and minGRU keeps h~ = W_h x, affine as gate form wants.
@@ -57,6 +55,8 @@ would see only the direct part (the output at t).
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -82,23 +82,40 @@ def _check(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a.expand(a.shape[0], shape[1], *a.shape[2:])
 
 
-def _hillis_steele(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
-    """Inclusive scan, no autograd: after the step with offset k, position t holds the composition of
-    positions (t - 2k, t] (``reverse``: [t, t + 2k), for ``h_t = a_t h_{t+1} + b_t``); positions
-    within k of the start are already final."""
+def _blocked_scan(a: torch.Tensor, b: torch.Tensor, reverse: bool = False) -> torch.Tensor:
+    """Inclusive scan in blocks of c ~ sqrt(T), no autograd: (1) scan every block at once, c small
+    steps over [B, T/c, ...]; (2) carry the state across blocks, T/c steps over [B, ...]; (3) add each
+    block's carried-in state times its cumulative decay. About three passes over the data instead of
+    Hillis-Steele's ~4 log2(T), which matters when the state is large (Mamba's [B, T, D, N]).
+    ``reverse`` runs ``h_t = a_t h_{t+1} + b_t`` by walking the same blocks from the other end."""
     shape = torch.broadcast_shapes(a.shape, b.shape)
-    h = b.expand(shape).clone()
-    acc = a.clone()
-    steps, k = b.shape[1], 1
-    while k < steps:
-        # "dst" are the positions updated at this step, "src" the ones k behind them in scan order.
-        dst, src = (slice(None, -k), slice(k, None)) if reverse else (slice(k, None), slice(None, -k))
-        # The right-hand sides are evaluated into temporaries before the slices are written.
-        h[:, dst] = h[:, dst] + acc[:, dst] * h[:, src]
-        if 2 * k < steps:  # the last step's decay products are never read
-            acc[:, dst] = acc[:, dst] * acc[:, src]
-        k *= 2
-    return h
+    steps = shape[1]
+    c = max(1, math.isqrt(steps))
+    n_blocks = -(-steps // c)
+    pad = n_blocks * c - steps
+    a_full, b_full = a.expand(shape), b.expand(shape)
+    if pad:  # identity steps (a = 1, b = 0) past the end leave the real states untouched either way
+        a_full = torch.cat([a_full, a_full.new_ones(shape[0], pad, *shape[2:])], 1)
+        b_full = torch.cat([b_full, b_full.new_zeros(shape[0], pad, *shape[2:])], 1)
+    blocks = (shape[0], n_blocks, c, *shape[2:])
+    a_blk, b_blk = a_full.reshape(blocks), b_full.reshape(blocks)
+    order = range(c - 1, -1, -1) if reverse else range(c)
+    h, decay = torch.empty_like(b_blk), torch.empty_like(a_blk)
+    prev = None
+    for i in order:  # (1) within every block at once
+        if prev is None:
+            h[:, :, i], decay[:, :, i] = b_blk[:, :, i], a_blk[:, :, i]
+        else:
+            h[:, :, i] = a_blk[:, :, i] * h[:, :, prev] + b_blk[:, :, i]
+            decay[:, :, i] = a_blk[:, :, i] * decay[:, :, prev]
+        prev = i
+    last = prev  # the block's final position in scan order
+    carry, carries = torch.zeros_like(h[:, 0, 0]), [None] * n_blocks
+    for k in (range(n_blocks - 1, -1, -1) if reverse else range(n_blocks)):  # (2) across blocks
+        carries[k] = carry
+        carry = decay[:, k, last] * carry + h[:, k, last]
+    h = h + decay * torch.stack(carries, 1).unsqueeze(2)  # (3)
+    return h.reshape(shape[0], n_blocks * c, *shape[2:])[:, :steps]
 
 
 def _shift(x: torch.Tensor, reverse: bool) -> torch.Tensor:
@@ -110,7 +127,7 @@ def _shift(x: torch.Tensor, reverse: bool) -> torch.Tensor:
 class _LinearScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, a, b, reverse=False):
-        h = _hillis_steele(a, b, reverse)
+        h = _blocked_scan(a, b, reverse)
         ctx.save_for_backward(a, h)
         ctx.b_shape, ctx.reverse = b.shape, reverse
         return h
