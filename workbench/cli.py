@@ -20,6 +20,9 @@ app = typer.Typer(help="Mechanistic-interpretability workbench: every architectu
                   no_args_is_help=True, add_completion=False)
 zoo_app = typer.Typer(help="Build, verify and list the trained model zoo (models/).", no_args_is_help=True)
 app.add_typer(zoo_app, name="zoo")
+dict_app = typer.Typer(help="Train, evaluate and describe dictionaries (transcoders, CLTs) of a model.",
+                       no_args_is_help=True)
+app.add_typer(dict_app, name="dict")
 
 ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="Artifacts root (default $WB_ARTIFACTS or ./artifacts).")]
 ModelsOpt = Annotated[str | None, typer.Option("--models", help="Zoo folder (default $WB_MODELS or the checkout's models/).")]
@@ -165,6 +168,89 @@ def zoo_list(models: ModelsOpt = None):
     from workbench.zoo import zoo_table
 
     typer.echo(zoo_table(models_root(models)))
+
+
+ModelArg = Annotated[Path, typer.Option("--model", help="A model folder (e.g. models/transformer-toyworld).")]
+DictArg = Annotated[Path, typer.Option("--dict", help="A dictionary set folder written by `wb dict train`.")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+
+
+def _echo_dict_metrics(metrics: dict) -> None:
+    for member, m in metrics.items():
+        per_layer = zip(m["fvu"], m["l0"], m["dead_fraction"], m["dense_fraction"], strict=True)
+        for i, (fvu, l0, dead, dense) in enumerate(per_layer):
+            where = member if len(m["fvu"]) == 1 else f"{member}[{i}]"
+            typer.echo(f"{where:10s} FVU {fvu:.4f}  L0 {l0:.2f}  dead {dead:.3f}  dense {dense:.3f}")
+
+
+def _echo_spliced(s: dict) -> None:
+    typer.echo(f"next-token loss: original {s['loss_original']:.4f}, all replaced {s['loss_all_replaced']:.4f} "
+               f"({s['n_targets']} targets)")
+    for hook, loss in s["loss_replaced"].items():
+        typer.echo(f"  only {hook} replaced: {loss:.4f}")
+    typer.echo(f"replacement-model agreement (argmax next token): {s['agreement']:.4f} "
+               f"over {s['n_positions']} positions")
+
+
+@dict_app.command("train")
+@friendly_errors
+def dict_train(
+    model: ModelArg,
+    kind: Annotated[str, typer.Option(help="sae, transcoder, skip_transcoder or clt.")] = "transcoder",
+    activation: Annotated[str, typer.Option(help="relu, jumprelu, topk or batchtopk.")] = "topk",
+    k: Annotated[int, typer.Option(help="Active features per token for topk / batchtopk.")] = 16,
+    features: Annotated[int, typer.Option(help="Features per layer.")] = 512,
+    layers: Annotated[str | None, typer.Option(help="Comma-separated layers (default: all).")] = None,
+    steps: Annotated[int, typer.Option(help="Training steps per dictionary.")] = 500,
+    batch_size: Annotated[int, typer.Option(help="Token rows per step.")] = 1024,
+    lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
+    out: Annotated[Path | None, typer.Option(help="Set folder (default <artifacts>/dictionaries/<name>).")] = None,
+    activations: Annotated[str, typer.Option(help="live (stream from the model) or store (collect into "
+                                                  "<artifacts>/activations first).")] = "live",
+    n_sequences: Annotated[int, typer.Option(help="Sequences collected for --activations store.")] = 512,
+    seed: int = 0,
+    progress: ProgressOpt = True,
+    artifacts: ArtifactsOpt = None,
+):
+    """Train one dictionary per layer (or one CLT) on a model folder; print FVU/L0 and spliced metrics."""
+    from workbench.dictionaries.jobs import train_set
+    from workbench.store import Catalog
+    from workbench.store.model_files import load_model_folder
+
+    result = train_set(load_model_folder(model), kind, activation, k, features, layers, steps, batch_size, lr, out,
+                       activations, n_sequences, Catalog(artifacts), seed=seed, progress=progress)
+    _echo_dict_metrics(result["metrics"])
+    _echo_spliced(result["spliced"])
+    typer.echo(f"dictionary set {result['name']}: {result['folder']}")
+
+
+@dict_app.command("eval")
+@friendly_errors
+def dict_eval(model: ModelArg, dict_folder: DictArg,
+              n_eval: Annotated[int, typer.Option(help="Test sequences for the spliced metrics.")] = 64):
+    """Print FVU, L0, dead/dense fractions, spliced losses and agreement of a dictionary set."""
+    from workbench.dictionaries.jobs import evaluate_set
+    from workbench.store.model_files import load_model_folder
+
+    result = evaluate_set(load_model_folder(model), dict_folder, n_eval)
+    _echo_dict_metrics(result["metrics"])
+    _echo_spliced(result["spliced"])
+
+
+@dict_app.command("features")
+@friendly_errors
+def dict_features(model: ModelArg, dict_folder: DictArg,
+                  n_sequences: Annotated[int, typer.Option(help="Train sequences to read features on.")] = 128,
+                  seed: int = 0, artifacts: ArtifactsOpt = None):
+    """Write top contexts, histograms, densities and logit effects of every feature under the set folder."""
+    from workbench.dictionaries.jobs import write_features
+    from workbench.store import Catalog
+    from workbench.store.model_files import load_model_folder
+
+    s = write_features(load_model_folder(model), dict_folder, Catalog(artifacts), n_sequences, seed)
+    typer.echo(f"{s['n_features']} features on {s['n_tokens']:,} tokens: {s['dead_features']} never fire, "
+               f"mean density {s['mean_density']:.4f}; {s['n_contexts']} contexts")
+    typer.echo(f"feature data: {s['folder']}")
 
 
 @app.command()

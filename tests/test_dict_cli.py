@@ -1,0 +1,167 @@
+"""Spliced metrics, feature data and the `wb dict` commands, on tiny models built here."""
+
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from workbench.architectures import build_model, model_config
+from workbench.cli import app
+from workbench.dictionaries import DictionaryConfig, build_dictionary
+from workbench.dictionaries.activations import real_token_rows
+from workbench.dictionaries.features import feature_data, unembedding_matrix
+from workbench.dictionaries.splice import spliced_metrics
+from workbench.store import Catalog
+from workbench.store.model_files import save_model_folder
+from workbench.tasks import make_task
+
+TASK = make_task("recall")
+PAD = TASK.tokenizer.pad_id
+runner = CliRunner()
+
+
+def tiny_model(**extra):
+    cfg = model_config("transformer", TASK.tokenizer.vocab_size, TASK.seq_len, seed=0, n_layers=2, d_model=16,
+                       n_heads=2, d_mlp=32, **extra)
+    return build_model(cfg).eval(), cfg
+
+
+def exact_set(model, kind: str):
+    """Dictionaries that reproduce each relu MLP exactly: encoder = W_in, decoder = W_out."""
+    mlps = [block.mlp for block in model.blocks]
+    ins = [f"blocks.{l}.hook_mlp_in" for l in range(2)]
+    outs = [f"blocks.{l}.hook_mlp_out" for l in range(2)]
+    if kind == "clt":
+        d = build_dictionary(DictionaryConfig("clt", d_in=16, n_features=32, d_out=16, n_layers=2, activation="relu",
+                                              input_hooks=ins, output_hooks=outs))
+        with torch.no_grad():
+            for l, mlp in enumerate(mlps):
+                d.W_enc[l].copy_(mlp.W_in)
+                d.b_enc[l].copy_(mlp.b_in)
+                d.W_dec[l].zero_()
+                d.W_dec[l][:, 0].copy_(mlp.W_out)
+                d.b_dec[l].copy_(mlp.b_out)
+        return [d]
+    out = []
+    for l, mlp in enumerate(mlps):
+        d = build_dictionary(DictionaryConfig("transcoder", d_in=16, n_features=32, d_out=16, activation="relu",
+                                              input_hooks=[ins[l]], output_hooks=[outs[l]]))
+        with torch.no_grad():
+            d.W_enc[0].copy_(mlp.W_in)
+            d.b_enc[0].copy_(mlp.b_in)
+            d.W_dec[0][:, 0].copy_(mlp.W_out)
+            d.b_dec[0].copy_(mlp.b_out)
+        out.append(d)
+    return out
+
+
+@pytest.mark.parametrize("kind", ["transcoder", "clt"])
+def test_exact_replacement_keeps_the_loss_and_agreement(kind):
+    model, _ = tiny_model(act_fn="relu")
+    batch = TASK.sample("test", 12, 0)
+    m = spliced_metrics(model, exact_set(model, kind), batch.tokens, batch.loss_mask, PAD, batch_size=5)
+    assert m.loss_all_replaced == pytest.approx(m.loss_original, abs=1e-5)
+    assert all(v == pytest.approx(m.loss_original, abs=1e-5) for v in m.loss_replaced.values())
+    assert set(m.loss_replaced) == {"blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"}
+    assert m.agreement == 1.0 and m.n_positions == int((batch.tokens != PAD).sum())
+
+
+def test_zero_replacement_changes_the_loss():
+    model, _ = tiny_model(act_fn="relu")
+    zero = exact_set(model, "transcoder")
+    with torch.no_grad():
+        for d in zero:
+            for p in d.parameters():
+                p.zero_()
+    batch = TASK.sample("test", 8, 0)
+    m = spliced_metrics(model, zero, batch.tokens, batch.loss_mask, PAD)
+    assert abs(m.loss_all_replaced - m.loss_original) > 1e-4
+    assert abs(m.loss_replaced["blocks.0.hook_mlp_out"] - m.loss_original) > 1e-4
+
+
+def test_feature_data_matches_brute_force():
+    model, _ = tiny_model()
+    d = build_dictionary(DictionaryConfig("transcoder", d_in=16, n_features=24, d_out=16, activation="topk", k=4,
+                                          input_hooks=["blocks.1.hook_mlp_in"], output_hooks=["blocks.1.hook_mlp_out"]))
+    tokens = TASK.sample("train", 6, 3).tokens
+    frames = feature_data(model, {"t": d}, tokens, TASK.tokenizer, n_top=10, n_bands=4, n_per_band=5, n_bins=7)
+    rows = real_token_rows(model, tokens, ["blocks.1.hook_mlp_in"], PAD)["blocks.1.hook_mlp_in"]
+    acts = d.encode(rows).detach()  # [real tokens, features] in (sequence, position) order
+    n_tokens = acts.shape[0]
+    ctx, hist, feats = frames["contexts"], frames["histograms"], frames["features"]
+    assert (ctx["layer"] == 1).all() and len(feats) == 24
+    position_of = {(s, p): i for i, (s, p) in enumerate((tokens != PAD).nonzero().tolist())}
+    for f in range(24):
+        top = ctx[(ctx.feature == f) & (ctx.group == "top")].sort_values("rank")
+        expected = acts[:, f].sort(descending=True).values
+        active = int((acts[:, f] != 0).sum())
+        assert len(top) == min(10, active)
+        assert torch.allclose(torch.tensor(top.activation.values), expected[:len(top)], atol=1e-6)
+        for s, p, a in zip(top.sequence_index, top.position, top.activation, strict=True):
+            assert acts[position_of[(s, p)], f].item() == pytest.approx(a, abs=1e-6)
+        band = ctx[(ctx.feature == f) & (ctx.group == "band")]
+        assert (band.activation != 0).all()
+        assert hist[hist.feature == f]["count"].sum() == n_tokens
+        assert hist[(hist.feature == f) & (hist.bin == 0)]["count"].item() == n_tokens - active
+        assert feats.density[f] == pytest.approx(active / n_tokens)
+    effects = d.W_dec[0][5, 0].detach() @ unembedding_matrix(model).detach()
+    row = feats[feats.feature == 5].iloc[0]
+    assert torch.allclose(torch.tensor(row.top_values, dtype=torch.float32), effects.topk(10).values, atol=1e-5)
+    assert torch.allclose(torch.tensor(row.bottom_values, dtype=torch.float32), -(-effects).topk(10).values, atol=1e-5)
+    assert row.top_tokens[0] == TASK.tokenizer.tokens([int(effects.argmax())])[0]
+
+
+def test_unembedding_errors_clearly_on_unknown_models():
+    with pytest.raises(TypeError, match="no unembedding known for Linear"):
+        unembedding_matrix(torch.nn.Linear(2, 2))
+
+
+@pytest.fixture
+def model_folder(tmp_path):
+    model, cfg = tiny_model()
+    folder = tmp_path / "tiny-model"
+    save_model_folder(folder, model, cfg, TASK.tokenizer, {"name": "tiny", "task": TASK.spec()})
+    return folder
+
+
+def test_dict_train_eval_features_end_to_end(model_folder, tmp_path):
+    out = tmp_path / "dicts"
+    args = ["dict", "train", "--model", str(model_folder), "--kind", "transcoder", "--activation", "topk", "--k", "4",
+            "--features", "32", "--layers", "0,1", "--steps", "3", "--batch-size", "64", "--out", str(out),
+            "--no-progress"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "layer0" in result.output and "FVU" in result.output and "agreement" in result.output
+    assert (out / "set.json").is_file()
+    result = runner.invoke(app, ["dict", "eval", "--model", str(model_folder), "--dict", str(out), "--n-eval", "8"])
+    assert result.exit_code == 0, result.output
+    assert "layer1" in result.output and "only blocks.1.hook_mlp_out replaced" in result.output
+    result = runner.invoke(app, ["dict", "features", "--model", str(model_folder), "--dict", str(out),
+                                 "--n-sequences", "8"])
+    assert result.exit_code == 0, result.output
+    feats = pd.read_parquet(out / "features" / "features.parquet")
+    assert len(feats) == 64 and set(feats.member) == {"layer0", "layer1"}
+    assert len(pd.read_parquet(out / "features" / "contexts.parquet")) > 0
+    entry = Catalog().get("dictionary", "tiny-transcoder-L0-1")
+    assert entry["meta"]["features"]["n_features"] == 64 and "spliced" in entry["meta"]
+    assert Catalog().get("dictionary", "tiny-transcoder-L0-1/layer0")["meta"]["config"]["kind"] == "transcoder"
+
+
+def test_dict_train_clt_from_a_store(model_folder, tmp_path):
+    out = tmp_path / "clt"
+    result = runner.invoke(app, ["dict", "train", "--model", str(model_folder), "--kind", "clt", "--features", "16",
+                                 "--k", "2", "--steps", "2", "--batch-size", "64", "--out", str(out),
+                                 "--activations", "store", "--n-sequences", "16", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    assert "clt[1]" in result.output
+    assert (Catalog().root / "activations" / "tiny-L0-1" / "manifest.json").is_file()
+
+
+@pytest.mark.parametrize(("flag", "value", "choices"), [
+    ("--kind", "transcodr", "choose one of: sae, transcoder, skip_transcoder, clt"),
+    ("--activation", "tanh", "choose one of: relu, jumprelu, topk, batchtopk"),
+    ("--activations", "disk", "choose one of: live, store"),
+])
+def test_bad_choices_give_a_clean_error(model_folder, flag, value, choices):
+    result = runner.invoke(app, ["dict", "train", "--model", str(model_folder), flag, value, "--no-progress"])
+    assert result.exit_code == 2 and choices in result.output and "Traceback" not in result.output

@@ -1,0 +1,164 @@
+"""The jobs behind ``wb dict``: train a replacement set for a model folder, evaluate it, write its
+feature data. Each returns plain dicts the CLI prints; nothing here prints.
+
+Set folder (default ``<artifacts>/dictionaries/<model>-<kind>-L<layers>``)::
+
+    set.json                      model, kind, layers, members, metrics (see dictionary_set)
+    runs/<member>/                the trainer's run folder (checkpoints: an interrupted run resumes)
+    runs/<member>/dictionary/     the trained dictionary
+    features/                     written by ``wb dict features``
+
+Members: ``layer<l>`` per layer for sae / transcoder / skip_transcoder (an SAE reads and rewrites
+``hook_mlp_out``; the others read ``hook_mlp_in`` and write ``hook_mlp_out``), or ``clt`` for one
+cross-layer transcoder over the listed layers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from workbench.architectures.hooked import hook_name
+from workbench.dictionaries.activations import LiveActivations, collect_activations, transcoder_hooks
+from workbench.dictionaries.dictionary_set import load_dictionary_set, save_dictionary_set
+from workbench.dictionaries.features import feature_data, write_feature_data
+from workbench.dictionaries.metrics import evaluate_dictionary
+from workbench.dictionaries.models import (
+    DICTIONARY_KINDS,
+    DictionaryConfig,
+    _choice,
+    register_dictionary,
+)
+from workbench.dictionaries.nonlinearities import NONLINEARITIES
+from workbench.dictionaries.splice import spliced_metrics
+from workbench.dictionaries.trainer import DictTrainConfig, train_dictionary
+from workbench.store.catalog import Catalog
+from workbench.store.model_files import ModelBundle
+from workbench.zoo.build import task_from_spec
+
+ACTIVATION_SOURCES = ("live", "store")
+EVAL_SEED = 1234
+
+
+def parse_layers(text: str | None, n_layers: int) -> list[int]:
+    """``"0,1"`` -> ``[0, 1]``; ``None`` or ``"all"`` -> every layer; errors name the bad entry."""
+    if text is None or text == "all":
+        return list(range(n_layers))
+    layers = []
+    for part in text.split(","):
+        if not part.strip().isdigit() or int(part) >= n_layers:
+            raise ValueError(f"bad layer {part!r} in --layers {text!r}; the model has layers 0..{n_layers - 1}")
+        layers.append(int(part))
+    if len(set(layers)) != len(layers):
+        raise ValueError(f"--layers {text!r} repeats a layer")
+    return sorted(layers)
+
+
+def bundle_task(bundle: ModelBundle):
+    if "task" not in bundle.card:
+        raise ValueError(f"{bundle.folder}/card.json names no task; cannot tell which data to read")
+    return task_from_spec(bundle.card["task"])
+
+
+def member_hooks(kind: str, layers: list[int]) -> dict[str, tuple[list[str], list[str]]]:
+    """``{member: (input_hooks, output_hooks)}`` for a kind over layers."""
+    if kind == "clt":
+        return {"clt": ([hook_name("mlp_in", l) for l in layers], [hook_name("mlp_out", l) for l in layers])}
+    reads = "mlp_out" if kind == "sae" else "mlp_in"
+    return {f"layer{l}": ([hook_name(reads, l)], [hook_name("mlp_out", l)]) for l in layers}
+
+
+def _source(bundle, task, layers, activations, n_sequences, catalog, progress):
+    hooks = transcoder_hooks(layers)
+    if activations == "live":
+        return LiveActivations(bundle.model, task, hooks, model_config=bundle.config)
+    folder = catalog.root / "activations" / f"{bundle.name}-L{'-'.join(map(str, layers))}"
+    return collect_activations(bundle.model, task, folder, hooks, n_sequences, model_config=bundle.config,
+                               model_name=bundle.name, progress=progress)
+
+
+def eval_batch(task, n: int):
+    return task.sample("test", n, EVAL_SEED)
+
+
+def spliced(bundle, dictionaries: dict, task, n_eval: int) -> dict:
+    batch = eval_batch(task, n_eval)
+    return spliced_metrics(bundle.model, list(dictionaries.values()), batch.tokens, batch.loss_mask,
+                           task.tokenizer.pad_id).to_dict()
+
+
+def train_set(bundle: ModelBundle, kind: str, activation: str, k: int | None, n_features: int, layers: str | None,
+              steps: int, batch_size: int, lr: float, out: Path | None, activations: str, n_sequences: int,
+              catalog: Catalog, n_eval: int = 64, seed: int = 0, progress: bool = True) -> dict:
+    """Train one dictionary per layer (or one CLT), save the set, catalog it; return its metrics."""
+    _choice(kind, DICTIONARY_KINDS, "dictionary kind")
+    _choice(activation, NONLINEARITIES, "activation")
+    _choice(activations, ACTIVATION_SOURCES, "activation source")
+    task = bundle_task(bundle)
+    chosen = parse_layers(layers, int(bundle.config["n_layers"]))
+    set_name = f"{bundle.name}-{kind}-L{'-'.join(map(str, chosen))}"
+    out = Path(out) if out else catalog.root / "dictionaries" / set_name
+    source = _source(bundle, task, chosen, activations, n_sequences, catalog, progress)
+    cfg = DictTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
+                          checkpoint_every=max(1, min(500, steps)), warmup_steps=min(50, max(1, steps // 10)))
+    members, dictionaries, metrics = {}, {}, {}
+    for member, (ins, outs) in member_hooks(kind, chosen).items():
+        config = DictionaryConfig(kind, d_in=source.widths[ins[0]], n_features=n_features,
+                                  d_out=source.widths[outs[0]], n_layers=len(ins), activation=activation, k=k,
+                                  input_hooks=ins, output_hooks=outs, seed=seed)
+        result = train_dictionary(config, source, cfg, out / "runs" / member, progress=progress)
+        members[member] = f"runs/{member}/dictionary"
+        dictionaries[member], metrics[member] = result.dictionary, result.metrics
+        register_dictionary(out / members[member], f"{set_name}/{member}", catalog.root)
+    splice = spliced(bundle, dictionaries, task, n_eval)
+    meta = {"model": str(bundle.folder), "model_name": bundle.name, "kind": kind, "activation": activation,
+            "layers": chosen, "n_features": n_features, "steps": steps, "metrics": metrics, "spliced": splice}
+    save_dictionary_set(out, members, meta)
+    catalog.register("dictionary", set_name, out, {k_: v for k_, v in meta.items() if k_ != "members"})
+    return {"name": set_name, "folder": str(out), "metrics": metrics, "spliced": splice}
+
+
+@torch.no_grad()
+def evaluate_set(bundle: ModelBundle, folder: Path, n_eval: int = 64, batch_size: int = 256,
+                 n_batches: int = 4) -> dict:
+    """Per-member FVU / L0 / dead / dense on the task's test split, and the spliced metrics."""
+    dictionaries, _ = load_dictionary_set(folder)
+    task = bundle_task(bundle)
+    metrics = {}
+    for member, d in dictionaries.items():
+        c = d.config
+        hooks = list(dict.fromkeys(c.input_hooks + c.output_hooks))
+        live = LiveActivations(bundle.model, task, hooks, split="test", model_config=bundle.config)
+        stream = live.minibatches(batch_size, seed=EVAL_SEED)
+        metrics[member] = evaluate_dictionary(d, stream, c.input_hooks, c.output_hooks, n_batches)
+    return {"metrics": metrics, "spliced": spliced(bundle, dictionaries, task, n_eval)}
+
+
+def write_features(bundle: ModelBundle, folder: Path, catalog: Catalog, n_sequences: int = 128,
+                   seed: int = 0) -> dict:
+    """Feature data of every member (see :mod:`.features`), written under the set folder and catalogued."""
+    folder = Path(folder)
+    dictionaries, meta = load_dictionary_set(folder)
+    task = bundle_task(bundle)
+    tokens = task.sample("train", n_sequences, seed).tokens
+    frames = feature_data(bundle.model, dictionaries, tokens, bundle.tokenizer, seed=seed)
+    f = frames["features"]
+    summary = {"model": str(bundle.folder), "n_sequences": n_sequences, "seed": seed,
+               "n_tokens": int((tokens != task.tokenizer.pad_id).sum()), "n_features": len(f),
+               "dead_features": int((f["density"] == 0).sum()), "mean_density": float(f["density"].mean()),
+               "n_contexts": len(frames["contexts"])}
+    out = write_feature_data(folder, frames, summary)
+    name = meta.get("name") or _set_name(meta, folder)
+    catalog.register("dictionary", name, folder, {**{k: v for k, v in meta.items() if k != "members"},
+                                                  "features": {**summary, "folder": str(out)}})
+    return {**summary, "folder": str(out)}
+
+
+def _set_name(meta: dict, folder: Path) -> str:
+    if meta.get("model_name") and meta.get("kind"):
+        return f"{meta['model_name']}-{meta['kind']}-L{'-'.join(map(str, meta.get('layers', [])))}"
+    return folder.name
+
+
+__all__ = ["ACTIVATION_SOURCES", "evaluate_set", "parse_layers", "train_set", "write_features"]
