@@ -14,6 +14,7 @@ from workbench.architectures.gate_form import frozen_gates, gate_hook_names
 VOCAB, CTX = 24, 16
 F64 = torch.float64
 RECURRENT = ["mingru", "lstm", "mamba"]
+EVERY_RECURRENT = [*RECURRENT, "rwkv", "xlstm"]  # for the tests every stateful architecture shares
 
 OWN_HOOKS = {  # per block, under blocks.{l}.
     "mingru": ["mixer.hook_z_gate", "mixer.hook_state"],
@@ -84,7 +85,7 @@ def test_lstm_equals_torch_lstm_with_live_and_with_hooked_gates():
         assert torch.allclose(h, h_n[0], atol=1e-10) and torch.allclose(c, c_n[0], atol=1e-10)
 
 
-@pytest.mark.parametrize("arch", RECURRENT)
+@pytest.mark.parametrize("arch", EVERY_RECURRENT)
 def test_generation_with_carried_state_equals_the_full_forward(arch):
     model, toks = tiny(arch), tokens()
     with torch.no_grad():

@@ -110,21 +110,6 @@ def test_patched_state_carries_forward():
     assert all(torch.allclose(x, y, atol=1e-9) for x, y in zip(final, expected_final, strict=True))
 
 
-def test_generation_with_carried_state_equals_full_forward():
-    model, tokens = tiny_rwkv(), torch.randint(0, VOCAB, (2, 11))
-    with torch.no_grad():
-        full = model(tokens)
-        for split in (1, 4, 10):
-            first, state = model(tokens[:, :split], return_state=True)
-            rest, _ = model(tokens[:, split:], state=state, return_state=True)
-            assert torch.allclose(torch.cat([first, rest], dim=1), full, atol=1e-10)
-        state, steps = None, []
-        for t in range(tokens.shape[1]):
-            logits, state = model(tokens[:, t:t + 1], state=state, return_state=True)
-            steps.append(logits)
-    assert torch.allclose(torch.cat(steps, dim=1), full, atol=1e-10)
-
-
 @pytest.mark.parametrize("hook", ["blocks.0.time_mix.hook_state_num", "blocks.1.time_mix.hook_state_den"])
 def test_patching_a_state_changes_only_later_outputs(hook):
     """The state at t is the one after token t: outputs up to t are unchanged, later ones change."""
