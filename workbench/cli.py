@@ -32,7 +32,7 @@ def friendly_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from workbench.store.atomic import CorruptArtifactError
-        from workbench.training.trainer import TrainingDiverged
+        from workbench.training.checkpoint import TrainingDiverged
 
         try:
             return fn(*args, **kwargs)

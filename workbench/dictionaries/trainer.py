@@ -47,14 +47,13 @@ from workbench.dictionaries.metrics import evaluate_dictionary, fvu, l0
 from workbench.dictionaries.models import Dictionary, DictionaryConfig, build_dictionary, save_dictionary
 from workbench.dictionaries.resampling import resample_dead_features
 from workbench.training.checkpoint import (
-    describe_config_change,
+    TrainingDiverged,
+    check_finite,
     fingerprint,
-    latest_checkpoint,
-    list_checkpoints,
+    resume_run,
     save_checkpoint,
 )
 from workbench.training.strict_config import StrictConfig
-from workbench.training.trainer import TrainingDiverged
 
 NORMALIZATION_SALT, EVAL_SALT, RESAMPLE_SALT = 101, 202, 303
 
@@ -169,29 +168,6 @@ def estimate_scales(source, config: DictionaryConfig, cfg: DictTrainConfig) -> t
     return ((config.d_in / (sq_in / n).clamp_min(1e-12)).sqrt(), (config.d_out / (sq_out / n).clamp_min(1e-12)).sqrt())
 
 
-def _resume(run_dir: Path, run_config: dict, state: _TrainingState, optimizer) -> tuple[int, dict]:
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        return 0, {"curves": [], "tokens": 0, "elapsed_s": 0.0}
-    if ckpt.state.get("fingerprint") != fingerprint(run_config):
-        changes = describe_config_change(ckpt.state.get("config", {}), run_config)
-        raise ValueError(f"run folder {run_dir} holds a dictionary checkpoint of a different config; refusing to "
-                         f"resume. Differences: {'; '.join(changes[:8]) or 'unknown'}. Use a new run folder.")
-    state.load_state_dict(ckpt.model)
-    optimizer.load_state_dict(ckpt.optimizer)
-    return ckpt.step, ckpt.state  # no global RNG to restore: init and resampling use seeded generators
-
-
-def _check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, run_dir: Path) -> None:
-    if torch.isfinite(loss) and torch.isfinite(grad_norm):
-        return
-    found = list_checkpoints(run_dir)
-    last = f"{found[-1][1]} (step {found[-1][0]})" if found else "none (no checkpoint was written yet)"
-    what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient norm {grad_norm.item()}"
-    raise TrainingDiverged(f"dictionary training: {what} at step {step}; training stopped. Last good checkpoint: "
-                           f"{last}. Check the activations for NaN/inf, lower the learning rate or raise warm-up.")
-
-
 def _losses(d: Dictionary, tracker: DeadFeatureTracker, x_n, y_n, cfg: DictTrainConfig, step: int):
     recon, acts, pre = d.forward_normalized(x_n)
     dead = tracker.dead()
@@ -220,7 +196,8 @@ def _train_step(state: _TrainingState, optimizer, batch: dict, cfg: DictTrainCon
     if unit:
         d.remove_parallel_decoder_grad()
     grad_norm = torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip)
-    _check_finite(total.detach(), grad_norm, step, run_dir)
+    check_finite(total.detach(), grad_norm, step, run_dir,
+                 "Check the activations for NaN/inf, lower the learning rate or raise warm-up.")
     optimizer.step()
     if unit:
         d.normalize_decoder()
@@ -241,7 +218,8 @@ def _start(config: DictionaryConfig, source, cfg: DictTrainConfig, run_dir: Path
     dictionary = build_dictionary(DictionaryConfig.from_dict(config.to_dict())).train()
     state = _TrainingState(dictionary, DeadFeatureTracker(config.n_layers, config.n_features, cfg.dead_window_tokens))
     optimizer = torch.optim.Adam(dictionary.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
-    start, saved = _resume(run_dir, run_config, state, optimizer)
+    # no global RNG to restore: init and resampling use seeded generators
+    start, saved = resume_run(run_dir, run_config, state, optimizer, "dictionary checkpoint", restore_rng=False)
     if start == 0 and cfg.normalize_activations:
         scale_in, scale_out = estimate_scales(source, config, cfg)
         dictionary.input_scale.copy_(scale_in)

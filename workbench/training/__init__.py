@@ -1,8 +1,13 @@
 """Training models of any architecture on any task, with exact resume."""
 
-from workbench.training.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint
+from workbench.training.checkpoint import (
+    TrainingDiverged,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+)
 from workbench.training.evaluate import EVAL_SEED, evaluate, evaluate_batch
-from workbench.training.trainer import TrainConfig, TrainingDiverged, TrainResult, lr_at, train
+from workbench.training.trainer import TrainConfig, TrainResult, lr_at, train
 
 __all__ = [
     "EVAL_SEED",

@@ -138,3 +138,38 @@ def describe_config_change(old: dict, new: dict, prefix: str = "") -> list[str]:
         elif a != b:
             changes.append(f"{prefix}{key}: {a} -> {b}")
     return changes
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN or infinite."""
+
+
+def resume_run(run_dir: Path, config: dict, module: torch.nn.Module, optimizer, what: str = "checkpoint",
+               restore_rng: bool = True) -> tuple[int, dict]:
+    """Load the run folder's latest checkpoint into ``module`` and ``optimizer``: (step, saved state),
+    or (0, an empty state) for a fresh run. A checkpoint of another config is refused, differences listed."""
+    ckpt = latest_checkpoint(run_dir)
+    if ckpt is None:
+        return 0, {"curves": [], "tokens": 0, "elapsed_s": 0.0}
+    if ckpt.state.get("fingerprint") != fingerprint(config):
+        changes = describe_config_change(ckpt.state.get("config", {}), config)
+        raise ValueError(
+            f"run folder {run_dir} holds a {what} of a different config; refusing to resume. "
+            f"Differences: {'; '.join(changes[:8]) or 'unknown'}. Use a new run folder or --fresh."
+        )
+    module.load_state_dict(ckpt.model)
+    optimizer.load_state_dict(ckpt.optimizer)
+    if restore_rng:
+        torch.set_rng_state(ckpt.state["rng_torch"])
+    return ckpt.step, ckpt.state
+
+
+def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, run_dir: Path, advice: str) -> None:
+    """Raise :class:`TrainingDiverged` naming the last good checkpoint when the loss or gradient is not
+    finite; nothing is written after it, so resuming starts from there."""
+    if torch.isfinite(loss) and torch.isfinite(grad_norm):
+        return
+    found = list_checkpoints(run_dir)
+    last = f"{found[-1][1]} (step {found[-1][0]})" if found else "none (no checkpoint was written yet)"
+    what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient norm {grad_norm.item()}"
+    raise TrainingDiverged(f"{what} at step {step}: training stopped. Last good checkpoint: {last}. {advice}")

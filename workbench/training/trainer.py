@@ -27,18 +27,13 @@ from tqdm.auto import tqdm
 from workbench.architectures import build_model
 from workbench.tasks.base import Task, masked_token_loss
 from workbench.training.checkpoint import (
-    describe_config_change,
+    check_finite,
     fingerprint,
-    latest_checkpoint,
-    list_checkpoints,
+    resume_run,
     save_checkpoint,
 )
 from workbench.training.evaluate import EVAL_SEED, evaluate_batch
 from workbench.training.strict_config import StrictConfig
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN or infinite."""
 
 
 @dataclass
@@ -107,32 +102,6 @@ def run_config(model_config: dict, task: Task, cfg: TrainConfig) -> dict:
     return {"model": model_config, "task": task.spec(), "train": asdict(cfg)}
 
 
-def _resume(run_dir: Path, config: dict, model, optimizer) -> tuple[int, dict]:
-    ckpt = latest_checkpoint(run_dir)
-    if ckpt is None:
-        return 0, {"curves": [], "tokens": 0, "elapsed_s": 0.0}
-    if ckpt.state.get("fingerprint") != fingerprint(config):
-        changes = describe_config_change(ckpt.state.get("config", {}), config)
-        raise ValueError(
-            f"run folder {run_dir} holds a checkpoint of a different config; refusing to resume. "
-            f"Differences: {'; '.join(changes[:8]) or 'unknown'}. Use a new run folder or --fresh."
-        )
-    model.load_state_dict(ckpt.model)
-    optimizer.load_state_dict(ckpt.optimizer)
-    torch.set_rng_state(ckpt.state["rng_torch"])
-    return ckpt.step, ckpt.state
-
-
-def _check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, run_dir: Path) -> None:
-    if torch.isfinite(loss) and torch.isfinite(grad_norm):
-        return
-    found = list_checkpoints(run_dir)
-    last = f"{found[-1][1]} (step {found[-1][0]})" if found else "none (no checkpoint was written yet)"
-    what = f"loss {loss.item()}" if not torch.isfinite(loss) else f"gradient norm {grad_norm.item()}"
-    raise TrainingDiverged(f"{what} at step {step}: training stopped. Last good checkpoint: {last}. "
-                           "Lower the learning rate or raise warm-up, then resume or start fresh.")
-
-
 def _train_step(model, optimizer, task: Task, cfg: TrainConfig, step: int, run_dir: Path) -> tuple[float, int]:
     batch = task.sample("train", cfg.batch_size, batch_seed(cfg.seed, step)).to(model_device(model))
     for group in optimizer.param_groups:
@@ -141,7 +110,8 @@ def _train_step(model, optimizer, task: Task, cfg: TrainConfig, step: int, run_d
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-    _check_finite(loss.detach(), grad_norm, step, run_dir)
+    check_finite(loss.detach(), grad_norm, step, run_dir,
+                 "Lower the learning rate or raise warm-up, then resume or start fresh.")
     optimizer.step()
     return loss.item(), int((batch.tokens != task.tokenizer.pad_id).sum())
 
@@ -157,7 +127,7 @@ def train(model_config: dict, task: Task, cfg: TrainConfig, run_dir: str | Path,
     model = build_model({**model_config, "seed": cfg.seed})
     model.train()
     optimizer = make_optimizer(model, cfg)
-    start, state = _resume(run_dir, config, model, optimizer)
+    start, state = resume_run(run_dir, config, model, optimizer)
     curves, tokens, elapsed = list(state["curves"]), int(state["tokens"]), float(state["elapsed_s"])
     eval_batch = task.sample("test", cfg.eval_examples, EVAL_SEED)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
