@@ -114,16 +114,26 @@ def patch_at(t, value):
     return hook
 
 
-@pytest.mark.parametrize("arch,hook", [(a, h) for a in RECURRENT for h in STATE_HOOKS[a]])
-def test_patching_a_state_changes_only_that_position_and_later(arch, hook):
+# (architecture, state hook, first output a patch at t changes: t + offset, tolerance on earlier outputs).
+# RWKV's state at t is the one after token t, and output t reads the state after t - 1, so its outputs
+# move from t + 1. The sLSTM reruns its loop, so its earlier outputs agree to 1e-12, not bit for bit.
+STATE_PATCHES = [(a, f"blocks.0.{h}", 0, 0.0) for a in RECURRENT for h in STATE_HOOKS[a]] + [
+    ("rwkv", "blocks.0.time_mix.hook_state_num", 1, 0.0), ("rwkv", "blocks.1.time_mix.hook_state_den", 1, 0.0),
+    ("xlstm", "blocks.0.mixer.cell.hook_C", 0, 0.0),  # mLSTM block
+    ("xlstm", "blocks.1.mixer.cell.hook_c", 0, 1e-12),  # sLSTM block
+]
+
+
+@pytest.mark.parametrize("arch,hook,offset,atol", STATE_PATCHES)
+def test_patching_a_state_changes_only_that_position_and_later(arch, hook, offset, atol):
     model, toks, t = tiny(arch), tokens(), 5
     with torch.no_grad():
         clean, cache = model.run_with_cache(toks)
-        value = torch.randn_like(cache[f"blocks.0.{hook}"][:, t])
-        patched = model.run_with_hooks(toks, fwd_hooks=[(f"blocks.0.{hook}", patch_at(t, value))])
-    assert torch.equal(patched[:, :t], clean[:, :t])
+        value = torch.randn_like(cache[hook][:, t])
+        patched = model.run_with_hooks(toks, fwd_hooks=[(hook, patch_at(t, value))])
+    assert torch.allclose(patched[:, :t + offset], clean[:, :t + offset], rtol=0, atol=atol)
     changed = (patched - clean).abs().amax(dim=(0, 2))
-    assert (changed[t:] > 1e-6).all(), f"every position from {t} on must change: {changed}"
+    assert (changed[t + offset:] > 1e-6).all(), f"every position from {t + offset} on must change: {changed}"
 
 
 @pytest.mark.parametrize("arch,hook", CARRIED)
