@@ -29,3 +29,31 @@ TINY_CONFIGS = {
     "rwkv": {"n_layers": 2, "d_model": 16, "d_mlp": 32},
     "xlstm": {"n_layers": 2, "d_model": 16, "n_heads": 2, "d_mlp": 32, "slstm_at": [1]},
 }
+
+
+@pytest.fixture
+def running_app():
+    """Start ``wb app`` on a free loopback port; yields (base URL, health-check body), then stops it.
+    Reads whatever WB_MODELS / WB_ARTIFACTS say when called (set them with monkeypatch first)."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "workbench", "app", "--port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url, body, deadline = f"http://127.0.0.1:{port}", "", time.time() + 60
+    try:
+        while time.time() < deadline and not body:
+            try:
+                body = urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read().decode()
+            except OSError:
+                time.sleep(0.5)
+        yield url, body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=20)

@@ -6,11 +6,7 @@ it; CI does not).
 """
 
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,36 +17,22 @@ pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is n
 
 
 @pytest.fixture
-def app_url(monkeypatch):
-    monkeypatch.setenv("WB_MODELS", str(REPO / "models"))  # the committed zoo, read only
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", "app", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=20)
+def committed_zoo(monkeypatch):
+    """Point the app at the checkout's models/ (read only); requested before running_app starts it."""
+    monkeypatch.setenv("WB_MODELS", str(REPO / "models"))
 
 
-def test_models_page_in_chromium(app_url, tmp_path):
+def test_models_page_in_chromium(committed_zoo, running_app, tmp_path):
     from playwright.sync_api import sync_playwright
 
+    url, _ = running_app
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, args=[
             "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
             "--disable-component-update", "--disable-sync"])
         page = browser.new_page(viewport={"width": 1400, "height": 1800})
         start = time.perf_counter()
-        page.goto(f"{app_url}/Models")
+        page.goto(f"{url}/Models")
         page.get_by_text("Model zoo").wait_for(timeout=30000)
         # the zoo table is a canvas grid; its cells exist for accessibility but are not "visible"
         page.get_by_text("transformer-toyworld").first.wait_for(state="attached", timeout=30000)

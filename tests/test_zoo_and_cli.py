@@ -94,29 +94,11 @@ def test_cli_eval_on_missing_folder_is_a_clean_error(tmp_path):
     assert result.exit_code == 2 and "no model folder" in result.output
 
 
-def test_wb_app_serves_on_loopback(tmp_path):
+def test_wb_app_serves_on_loopback(running_app):
     """`wb app` starts Streamlit bound to 127.0.0.1 and answers its health check."""
-    import socket
-    import subprocess
-    import sys
-    import time
     import urllib.request
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "workbench", "app", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline, body = time.time() + 60, ""
-        while time.time() < deadline and not body:
-            try:
-                body = urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health", timeout=2).read().decode()
-            except OSError:
-                time.sleep(0.5)
-        assert body == "ok"
-        page = urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5).read().decode()
-        assert "<title>" in page.lower() or "streamlit" in page.lower()
-    finally:
-        proc.terminate()
-        proc.wait(timeout=20)
+    url, body = running_app
+    assert body == "ok"
+    page = urllib.request.urlopen(f"{url}/", timeout=5).read().decode()
+    assert "<title>" in page.lower() or "streamlit" in page.lower()
