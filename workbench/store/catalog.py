@@ -85,10 +85,6 @@ class Catalog:
                 [kind, name, str(rel), datetime.now(UTC).replace(tzinfo=None), json.dumps(meta or {})],
             )
 
-    def remove(self, kind: str, name: str) -> None:
-        with self._connect() as con:
-            con.execute("DELETE FROM artifacts WHERE kind = ? AND name = ?", [check_kind(kind), name])
-
     def list(self, kind: str) -> list[dict]:
         with self._connect() as con:
             rows = con.execute(

@@ -42,10 +42,6 @@ class Batch:
     def to(self, device) -> Batch:
         return Batch(self.tokens.to(device), self.loss_mask.to(device), self.answer_mask.to(device))
 
-    def prompt_lengths(self) -> torch.Tensor:
-        """Index of each row's first answer token: the prompt is ``tokens[b, :len]``."""
-        return self.answer_mask.int().argmax(dim=1)
-
 
 class Task(ABC):
     """A generator of causal-LM examples with a fixed vocabulary and maximum length."""
