@@ -38,8 +38,8 @@ ZOO: list[ZooEntry] = [
         name="transformer-recall",
         architecture="transformer",
         # Trained on the multi-query variant (every key queried: 8 answers per row), tested on the
-        # single-query split. Single-query training stalled on the copy-a-value plateau for 20k steps
-        # in every recipe tried (lr, batch, width, depth, mixed lengths); 8 answers per row with
+        # single-query split. Single-query training stalled on the copy-a-value plateau (up to 9.5k
+        # steps) in every recipe tried (lr, batch, width, depth, mixed lengths); 8 answers per row with
         # rotary positions crosses the plateau at ~3.5k steps (see the card's curves).
         task={"name": "recall_multi", "n_queries": 8},
         eval_task={"name": "recall"},
