@@ -1,0 +1,213 @@
+"""Attribution: the direct-effect graph of a prompt's local replacement model, in batched backward passes.
+
+Algorithm (one prompt; ``replacement.py`` builds the linear model, ``targets.py`` the logit targets):
+
+1. Build the local replacement model: record gates, encode features, split MLP outputs into feature
+   writes, decoder bias, skip and error (exact).
+2. Pick the targets: salient next-token logits (or custom ones). Rows to compute = the logit targets,
+   then every active feature's pre-activation.
+3. Run the frozen linear model ONCE on a batch of ``batch_size`` copies of the prompt whose token
+   embeddings and MLP writes are leaves, and keep its autograd graph.
+4. For each batch of targets, one backward pass: copy b gets target b's readout vector injected as
+   the gradient at its hook (``hook_mlp_in`` of a feature's layer at its position, ``hook_final`` at the
+   last position for a logit). The gradients at the leaves give, for every source at once, its direct
+   effect: ``embed[p] . g_embed[p]`` for a token, ``error[l, p] . g_write[l, p]`` for an error node, and
+   ``activation * decoder[l'] . g_write[l', p]`` summed over the layers ``l'`` a feature writes to.
+   Targets are batched by layer, so a backward pass stops at that layer.
+5. Order: logits first; then features. With ``max_feature_nodes``, features are visited in order of
+   their influence on the logits estimated from the rows computed so far (re-ranked every few
+   batches), and the graph keeps only visited features.
+6. Bias terms: one more forward pass with every source zeroed (embeddings 0, writes = decoder biases
+   only) gives each target's constant part, so ``row.sum() + bias == value`` can be checked; the
+   largest relative deviation is stored in the metadata (``identity_error``), and a model that is not
+   exactly linear once frozen (``identity_error`` above ``APPROXIMATE_ABOVE`` or a model that declares
+   ``linearization_note``) is marked approximate with the reason: its edges are gradient x input.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from tqdm.auto import tqdm
+
+from workbench.attribution.graph import Graph
+from workbench.attribution.replacement import LocalReplacement
+from workbench.attribution.targets import LogitTarget, salient_logits
+
+APPROXIMATE_ABOVE = 1e-3
+
+
+@dataclass
+class AttributionConfig:
+    max_n_logits: int = 10
+    desired_logit_prob: float = 0.95
+    batch_size: int = 64
+    max_feature_nodes: int | None = None
+    rerank_every: int = 4  # batches between influence re-rankings (only with max_feature_nodes)
+    feature_chunk: int = 2048  # features gathered at once when turning gradients into edges
+
+
+class _Rows:
+    """Backward passes over the one retained forward pass (step 4)."""
+
+    def __init__(self, rep: LocalReplacement, targets: list[LogitTarget], batch: int, chunk: int):
+        self.rep, self.targets, self.batch, self.chunk = rep, targets, batch, chunk
+        self.embed = rep.embed.expand(batch, -1, -1).clone().requires_grad_(True)
+        self.writes = rep.constant_writes().expand(batch, -1, -1, -1).clone().requires_grad_(True)
+        self.out = rep.linear_forward(self.embed, self.writes)
+        self.n_sources = len(rep.active_features) + rep.n_layers * rep.n_pos + rep.n_pos
+
+    def edges(self, specs: list[tuple[str, int]]) -> torch.Tensor:
+        """``[len(specs), n_sources]`` rows for targets ``("logit", k)`` / ``("feature", i)``."""
+        rep = self.rep
+        injections: dict[int | str, torch.Tensor] = {}
+        for b, (kind, i) in enumerate(specs):
+            if kind == "logit":
+                grad = injections.setdefault("final", torch.zeros_like(self.out["final"]))
+                grad[b, -1] = self.targets[i].direction.to(grad.dtype)
+            else:
+                layer, pos, feat = (int(v) for v in rep.active_features[i])
+                grad = injections.setdefault(layer, torch.zeros_like(self.out["mlp_in"][layer]))
+                grad[b, pos] = rep.feature_readout(layer, feat)[0].to(grad.dtype)
+        keys = list(injections)
+        outputs = [self.out["final"] if k == "final" else self.out["mlp_in"][k] for k in keys]
+        g_embed, g_writes = torch.autograd.grad(outputs, [self.embed, self.writes],
+                                                [injections[k] for k in keys], retain_graph=True, allow_unused=True)
+        g_embed = torch.zeros_like(self.embed) if g_embed is None else g_embed
+        g_writes = torch.zeros_like(self.writes) if g_writes is None else g_writes
+        with torch.no_grad():
+            tokens = (g_embed * rep.embed).sum(-1)  # [B, T]
+            errors = (g_writes * rep.errors).sum(-1).flatten(1)  # [B, L * T], layer-major
+            features = self._feature_edges(g_writes)
+            rows = torch.cat([features, errors, tokens], dim=1)
+        return rows[: len(specs)]
+
+    def _feature_edges(self, g_writes: torch.Tensor) -> torch.Tensor:
+        rep = self.rep
+        n = len(rep.active_features)
+        out = g_writes.new_zeros(g_writes.shape[0], n)
+        for s in range(0, n, self.chunk):
+            pos = rep.active_features[s:s + self.chunk, 1]
+            gathered = g_writes[:, :, pos]  # [B, L, n_chunk, d]
+            out[:, s:s + self.chunk] = torch.einsum("blnd,nld->bn", gathered, rep.feature_writes[s:s + self.chunk])
+        return out
+
+
+def _influence_order(rows: torch.Tensor, row_of: dict[int, int], n_features: int, logit_rows: list[int],
+                     weights: torch.Tensor, visited: set[int]) -> list[int]:
+    """Unvisited features sorted by their influence on the logits through the rows computed so far."""
+    from workbench.attribution.prune import compute_influence, normalize_rows
+
+    n_sources = rows.shape[1]
+    # square matrix over sources (+ logits): a row for each computed target
+    square = rows.new_zeros(n_sources + len(logit_rows), n_sources + len(logit_rows))
+    if row_of:
+        square[list(row_of), :n_sources] = rows[list(row_of.values())]
+    square[n_sources:, :n_sources] = rows[logit_rows]
+    seed = torch.zeros(square.shape[0], dtype=square.dtype)
+    seed[n_sources:] = weights
+    influence = compute_influence(normalize_rows(square), seed)[:n_features]
+    ranked = torch.argsort(influence, descending=True).tolist()
+    return [f for f in ranked if f not in visited]
+
+
+def attribute(model, dictionaries, tokens: torch.Tensor, *, prompt: str = "", token_strings: list[str] | None = None,
+              token_label=None, targets: list[LogitTarget] | None = None,
+              config: AttributionConfig | None = None, progress: bool = True, metadata: dict | None = None) -> Graph:
+    """The attribution graph of ``tokens`` (``[T]`` or ``[1, T]``): module docstring, steps 1-6."""
+    config = config or AttributionConfig()
+    tokens = tokens.reshape(1, -1)
+    token_label = token_label or str
+    rep = LocalReplacement(model, list(dictionaries), tokens)  # step 1
+    if targets is None:  # step 2
+        targets = salient_logits(rep.logits, rep.W_U, rep.b_U, token_label, config.max_n_logits,
+                                 config.desired_logit_prob)
+    if not targets:
+        raise ValueError("an attribution graph needs at least one target")
+    n_features = len(rep.active_features)
+    budget = n_features if config.max_feature_nodes is None else min(n_features, config.max_feature_nodes)
+    rows_engine = _Rows(rep, targets, config.batch_size, config.feature_chunk)  # step 3
+    weights = torch.tensor([t.weight for t in targets], dtype=torch.float32)
+
+    logit_rows = [rows_engine.edges([("logit", k) for k in range(s, min(s + config.batch_size, len(targets)))])
+                  for s in range(0, len(targets), config.batch_size)]
+    logit_rows = torch.cat(logit_rows)
+    feature_rows, row_of, visited = [], {}, set()
+    queue = list(range(n_features))  # layer-major order: batches share a layer
+    n_batches = -(-budget // config.batch_size)
+    bar = tqdm(total=budget, desc="attribution", unit="feature", disable=not progress, leave=False)
+    for step in range(n_batches):  # steps 4-5
+        if config.max_feature_nodes is not None and step % config.rerank_every == 0:
+            computed = torch.cat([logit_rows, *feature_rows]) if feature_rows else logit_rows
+            offset = {f: len(targets) + r for f, r in row_of.items()}
+            queue = _influence_order(computed, offset, n_features, list(range(len(targets))), weights, visited)
+        batch = [f for f in queue if f not in visited][: min(config.batch_size, budget - len(visited))]
+        if not batch:
+            break
+        rows = rows_engine.edges([("feature", f) for f in batch])
+        done = sum(len(r) for r in feature_rows)
+        row_of.update({f: done + i for i, f in enumerate(batch)})
+        visited.update(batch)
+        feature_rows.append(rows)
+        bar.update(len(batch))
+    bar.close()
+    del rows_engine
+    return _assemble(rep, targets, logit_rows, feature_rows, row_of, prompt, token_strings, model, config, metadata)
+
+
+@torch.no_grad()
+def _bias_terms(rep: LocalReplacement, targets: list[LogitTarget], features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 6: each target's value with every source zeroed."""
+    out = rep.linear_forward(torch.zeros_like(rep.embed)[None], rep.bias_writes[None])
+    feature_bias = torch.stack([
+        rep.feature_readout(int(l), int(f))[0] @ out["mlp_in"][int(l)][0, int(p)] + rep.feature_readout(int(l), int(f))[1]
+        for l, p, f in features]) if len(features) else torch.zeros(0)
+    final = out["final"][0, -1]
+    logit_bias = torch.stack([t.direction.to(final.dtype) @ final + t.bias for t in targets])
+    return feature_bias, logit_bias
+
+
+def _assemble(rep, targets, logit_rows, feature_rows, row_of, prompt, token_strings, model, config, metadata) -> Graph:
+    kept = sorted(row_of)  # visited features, in node order
+    n_f, n_all = len(kept), len(rep.active_features)
+    n_err, T = rep.n_layers * rep.n_pos, rep.n_pos
+    n = n_f + n_err + T + len(targets)
+    computed = torch.cat(feature_rows) if feature_rows else logit_rows.new_zeros(0, logit_rows.shape[1])
+    source_cols = torch.tensor(kept + list(range(n_all, n_all + n_err + T)), dtype=torch.long)
+    adjacency = torch.zeros(n, n, dtype=torch.float32)
+    if n_f:
+        adjacency[:n_f, : n_f + n_err + T] = computed[[row_of[f] for f in kept]][:, source_cols].float()
+    adjacency[n - len(targets):, : n_f + n_err + T] = logit_rows[:, source_cols].float()
+    features = rep.active_features[kept]
+    feature_bias, logit_bias = _bias_terms(rep, targets, features)
+    final = rep.final[-1]
+    logit_values = torch.stack([t.direction.to(final.dtype) @ final + t.bias for t in targets])
+    values = torch.zeros(n)
+    values[:n_f] = rep.pre_activations[kept].float()
+    values[n_f:n_f + n_err] = rep.errors.norm(dim=-1).flatten().float()
+    values[n - len(targets):] = logit_values.float()
+    bias = torch.zeros(n)
+    bias[:n_f] = feature_bias.float()
+    bias[n - len(targets):] = logit_bias.float()
+    rows = torch.cat([torch.arange(n_f), torch.arange(n - len(targets), n)])
+    deviation = (adjacency[rows].double().sum(1) + bias[rows] - values[rows]).abs()
+    identity_error = float((deviation / values[rows].abs().clamp_min(1e-6)).max()) if len(rows) else 0.0
+    note = getattr(model, "linearization_note", None)
+    approximate = bool(note) or identity_error > APPROXIMATE_ABOVE
+    meta = {"architecture": type(model).__name__, "n_layers": rep.n_layers, "n_active_features": n_all,
+            "n_visited_features": n_f, "identity_error": identity_error, "approximate": approximate,
+            "approximate_reason": note or (f"row sums miss the values by up to {identity_error:.2e}: some factor is "
+                                           "not behind a gate hook, edges are gradient x input" if approximate else ""),
+            "config": asdict(config), "dictionary_kinds": sorted({d.config.kind for d in rep.dictionaries}),
+            "unreplaced_layers": [l for l in range(rep.n_layers) if l not in rep.writers], **(metadata or {})}
+    token_strings = token_strings or [str(int(t)) for t in rep.tokens[0]]
+    return Graph(prompt=prompt, input_tokens=rep.tokens[0].clone(), token_strings=list(token_strings),
+                 n_layers=rep.n_layers, active_features=features.clone(), activations=rep.activations[kept].float(),
+                 logit_tokens=torch.tensor([t.token for t in targets], dtype=torch.long),
+                 logit_probabilities=torch.tensor([t.weight for t in targets], dtype=torch.float32),
+                 logit_labels=[t.label for t in targets], adjacency=adjacency, values=values, bias=bias, metadata=meta,
+                 logit_directions=torch.stack([t.direction.float() for t in targets]))
+
+
+__all__ = ["APPROXIMATE_ABOVE", "AttributionConfig", "attribute"]
