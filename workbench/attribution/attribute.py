@@ -57,19 +57,25 @@ class _Rows:
         self.writes = rep.constant_writes().expand(batch, -1, -1, -1).clone().requires_grad_(True)
         self.out = rep.linear_forward(self.embed, self.writes)
         self.n_sources = len(rep.active_features) + rep.n_layers * rep.n_pos + rep.n_pos
+        self.flat_writes = rep.feature_writes.reshape(len(rep.active_features), -1).to(self.writes.dtype)
 
     def edges(self, specs: list[tuple[str, int]]) -> torch.Tensor:
         """``[len(specs), n_sources]`` rows for targets ``("logit", k)`` / ``("feature", i)``."""
         rep = self.rep
         injections: dict[int | str, torch.Tensor] = {}
-        for b, (kind, i) in enumerate(specs):
-            if kind == "logit":
-                grad = injections.setdefault("final", torch.zeros_like(self.out["final"]))
+        logits = [(b, i) for b, (kind, i) in enumerate(specs) if kind == "logit"]
+        if logits:
+            grad = injections["final"] = torch.zeros_like(self.out["final"])
+            for b, i in logits:
                 grad[b, -1] = self.targets[i].direction.to(grad.dtype)
-            else:
-                layer, pos, feat = (int(v) for v in rep.active_features[i])
-                grad = injections.setdefault(layer, torch.zeros_like(self.out["mlp_in"][layer]))
-                grad[b, pos] = rep.feature_readout(layer, feat)[0].to(grad.dtype)
+        slots = torch.tensor([b for b, (kind, _) in enumerate(specs) if kind == "feature"], dtype=torch.long)
+        if len(slots):
+            feats = rep.active_features[[i for kind, i in specs if kind == "feature"]]
+            w, _ = rep.readouts(feats)
+            for layer in feats[:, 0].unique().tolist():
+                mine = feats[:, 0] == layer
+                grad = injections[layer] = torch.zeros_like(self.out["mlp_in"][layer])
+                grad[slots[mine], feats[mine, 1]] = w[mine].to(grad.dtype)
         keys = list(injections)
         outputs = [self.out["final"] if k == "final" else self.out["mlp_in"][k] for k in keys]
         g_embed, g_writes = torch.autograd.grad(outputs, [self.embed, self.writes],
@@ -84,14 +90,17 @@ class _Rows:
         return rows[: len(specs)]
 
     def _feature_edges(self, g_writes: torch.Tensor) -> torch.Tensor:
+        """``[B, n_features]``: activation x decoder . gradient at the feature's position, summed over
+        the layers it writes; one batched matmul per chunk of features (features are the bmm batch)."""
         rep = self.rep
-        n = len(rep.active_features)
-        out = g_writes.new_zeros(g_writes.shape[0], n)
+        n, B = len(rep.active_features), g_writes.shape[0]
+        by_pos = g_writes.permute(2, 0, 1, 3).reshape(rep.n_pos, B, -1)  # [T, B, L * d]
+        out = g_writes.new_zeros(n, B)
         for s in range(0, n, self.chunk):
             pos = rep.active_features[s:s + self.chunk, 1]
-            gathered = g_writes[:, :, pos]  # [B, L, n_chunk, d]
-            out[:, s:s + self.chunk] = torch.einsum("blnd,nld->bn", gathered, rep.feature_writes[s:s + self.chunk])
-        return out
+            writes = self.flat_writes[s:s + self.chunk].unsqueeze(-1)  # [n_chunk, L * d, 1]
+            out[s:s + self.chunk] = torch.bmm(by_pos[pos], writes).squeeze(-1)
+        return out.T
 
 
 def _influence_order(rows: torch.Tensor, row_of: dict[int, int], n_features: int, logit_rows: list[int],
@@ -160,9 +169,9 @@ def attribute(model, dictionaries, tokens: torch.Tensor, *, prompt: str = "", to
 def _bias_terms(rep: LocalReplacement, targets: list[LogitTarget], features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 6: each target's value with every source zeroed."""
     out = rep.linear_forward(torch.zeros_like(rep.embed)[None], rep.bias_writes[None])
-    feature_bias = torch.stack([
-        rep.feature_readout(int(l), int(f))[0] @ out["mlp_in"][int(l)][0, int(p)] + rep.feature_readout(int(l), int(f))[1]
-        for l, p, f in features]) if len(features) else torch.zeros(0)
+    w, b = rep.readouts(features)
+    mlp_in = torch.stack(out["mlp_in"])[:, 0]  # [L, T, d_in]
+    feature_bias = (mlp_in[features[:, 0], features[:, 1]] * w).sum(-1) + b if len(features) else torch.zeros(0)
     final = out["final"][0, -1]
     logit_bias = torch.stack([t.direction.to(final.dtype) @ final + t.bias for t in targets])
     return feature_bias, logit_bias
@@ -195,7 +204,7 @@ def _assemble(rep, targets, logit_rows, feature_rows, row_of, prompt, token_stri
     identity_error = float((deviation / values[rows].abs().clamp_min(1e-6)).max()) if len(rows) else 0.0
     note = getattr(model, "linearization_note", None)
     approximate = bool(note) or identity_error > APPROXIMATE_ABOVE
-    meta = {"architecture": type(model).__name__, "n_layers": rep.n_layers, "n_active_features": n_all,
+    meta = {"architecture": type(model).__name__, "n_layers": rep.n_layers, "vocab_size": int(rep.W_U.shape[1]), "n_active_features": n_all,
             "n_visited_features": n_f, "identity_error": identity_error, "approximate": approximate,
             "approximate_reason": note or (f"row sums miss the values by up to {identity_error:.2e}: some factor is "
                                            "not behind a gate hook, edges are gradient x input" if approximate else ""),

@@ -124,6 +124,8 @@ class LocalReplacement:
                     f"dictionary for layer {layer} reads width {d.config.d_in} but the model's "
                     f"{hook_name('mlp_in', layer)} is {self.mlp_in[layer].shape[-1]} wide: it was trained on "
                     "another model")
+            if self.mlp_in[layer].shape[-1] != self.mlp_in[0].shape[-1]:
+                raise ReplacementMismatch("hook_mlp_in widths differ across layers; attribution assumes one width")
             if self.mlp_out[layer].shape[-1] != d.config.d_out:
                 raise ReplacementMismatch(
                     f"dictionary for layer {layer} writes width {d.config.d_out} but the model's "
@@ -235,6 +237,20 @@ class LocalReplacement:
         """``(w [d_in], b)``: feature ``feature`` of ``layer`` has pre-activation ``w . mlp_in[l] + b``."""
         d, s = self.readers[layer]
         return d.W_enc[s][:, feature] * d.input_scale[s], d.b_enc[s, feature]
+
+    def readouts(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(w [n, d_in], b [n])`` for rows ``(layer, pos, index)`` of ``features``, vectorised per layer."""
+        n = len(features)
+        width = self.mlp_in[0].shape[-1]
+        w = torch.zeros(n, width, dtype=self.mlp_in[0].dtype)
+        b = torch.zeros(n, dtype=self.mlp_in[0].dtype)
+        for layer, (d, s) in self.readers.items():
+            rows = (features[:, 0] == layer).nonzero().flatten() if n else features.new_zeros(0)
+            if len(rows):
+                idx = features[rows, 2]
+                w[rows] = (d.W_enc[s][:, idx] * d.input_scale[s]).T.to(w.dtype)
+                b[rows] = d.b_enc[s, idx].to(b.dtype)
+        return w, b
 
 
 __all__ = ["LocalReplacement", "ReplacementMismatch", "hook_layer", "unembedding"]
