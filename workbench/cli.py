@@ -142,6 +142,30 @@ def zoo_build(
     typer.echo(zoo_table(models_dir))
 
 
+@zoo_app.command("dicts")
+@friendly_errors
+def zoo_dicts(
+    only: Annotated[list[str] | None, typer.Option("--only", help="Only these zoo models.")] = None,
+    recipe: Annotated[list[str] | None, typer.Option("--recipe", help="transcoders and/or clt (default both).")] = None,
+    force: Annotated[bool, typer.Option(help="Retrain dictionaries already present.")] = False,
+    progress: ProgressOpt = True,
+    models: ModelsOpt = None,
+    artifacts: ArtifactsOpt = None,
+):
+    """Train every zoo model's transcoders and CLT (missing ones), score graphs, update cards and table."""
+    from workbench.store import Catalog, models_root
+    from workbench.zoo import zoo_table
+    from workbench.zoo.dictionaries import build_model_dictionaries
+    from workbench.zoo.readme import write_zoo_readme
+
+    models_dir = models_root(models)
+    folders = [models_dir / n for n in only] if only else sorted(p.parent for p in models_dir.glob("*/card.json"))
+    for folder in folders:
+        build_model_dictionaries(folder, Catalog(artifacts), recipe, force, progress, log=typer.echo)
+        write_zoo_readme(models_dir)
+    typer.echo(zoo_table(models_dir))
+
+
 @zoo_app.command("verify")
 @friendly_errors
 def zoo_verify(models: ModelsOpt = None, artifacts: ArtifactsOpt = None):
@@ -209,6 +233,9 @@ def dict_train(
                                                   "<artifacts>/activations first).")] = "live",
     n_sequences: Annotated[int, typer.Option(help="Sequences collected for --activations store.")] = 512,
     seed: int = 0,
+    device: Annotated[str, typer.Option(help="Train on cpu or cuda; under torchrun (python -m "
+                                             "torch.distributed.run --nproc_per_node N -m workbench dict "
+                                             "train ...) gloo on cpu, nccl on cuda.")] = "cpu",
     progress: ProgressOpt = True,
     artifacts: ArtifactsOpt = None,
 ):
@@ -218,7 +245,9 @@ def dict_train(
     from workbench.store.model_files import load_model_folder
 
     result = train_set(load_model_folder(model), kind, activation, k, features, layers, steps, batch_size, lr, out,
-                       activations, n_sequences, Catalog(artifacts), seed=seed, progress=progress)
+                       activations, n_sequences, Catalog(artifacts), seed=seed, progress=progress, device=device)
+    if os.environ.get("RANK", "0") != "0":
+        return  # under torchrun rank 0 reports
     _echo_dict_metrics(result["metrics"])
     _echo_spliced(result["spliced"])
     typer.echo(f"dictionary set {result['name']}: {result['folder']}")

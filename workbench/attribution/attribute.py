@@ -57,7 +57,7 @@ class _Rows:
         self.writes = rep.constant_writes().expand(batch, -1, -1, -1).clone().requires_grad_(True)
         self.out = rep.linear_forward(self.embed, self.writes)
         self.n_sources = len(rep.active_features) + rep.n_layers * rep.n_pos + rep.n_pos
-        self.flat_writes = rep.feature_writes.reshape(len(rep.active_features), -1).to(self.writes.dtype)
+        self._pack_writes()
 
     def edges(self, specs: list[tuple[str, int]]) -> torch.Tensor:
         """``[len(specs), n_sources]`` rows for targets ``("logit", k)`` / ``("feature", i)``."""
@@ -89,18 +89,30 @@ class _Rows:
             rows = torch.cat([features, errors, tokens], dim=1)
         return rows[: len(specs)]
 
+    def _pack_writes(self) -> None:
+        """Group the features' writes by position, padded to the busiest position: ``[T, L * d, slots]``,
+        so turning gradients into feature edges is one batched matmul over positions."""
+        rep = self.rep
+        n, T = len(rep.active_features), rep.n_pos
+        pos = rep.active_features[:, 1] if n else torch.zeros(0, dtype=torch.long)
+        counts = torch.bincount(pos, minlength=T)
+        order = torch.argsort(pos, stable=True)
+        starts = torch.cumsum(counts, 0) - counts
+        self.slot = torch.empty(n, dtype=torch.long)
+        self.slot[order] = torch.arange(n) - starts[pos[order]]
+        flat = rep.feature_writes.reshape(n, -1).to(self.writes.dtype)
+        self.packed = flat.new_zeros(T, int(counts.max()) if n else 0, flat.shape[1])
+        self.packed[pos, self.slot] = flat
+        self.packed = self.packed.transpose(1, 2).contiguous()  # [T, L * d, slots]
+        self.feature_pos = pos
+
     def _feature_edges(self, g_writes: torch.Tensor) -> torch.Tensor:
         """``[B, n_features]``: activation x decoder . gradient at the feature's position, summed over
-        the layers it writes; one batched matmul per chunk of features (features are the bmm batch)."""
-        rep = self.rep
-        n, B = len(rep.active_features), g_writes.shape[0]
-        by_pos = g_writes.permute(2, 0, 1, 3).reshape(rep.n_pos, B, -1)  # [T, B, L * d]
-        out = g_writes.new_zeros(n, B)
-        for s in range(0, n, self.chunk):
-            pos = rep.active_features[s:s + self.chunk, 1]
-            writes = self.flat_writes[s:s + self.chunk].unsqueeze(-1)  # [n_chunk, L * d, 1]
-            out[s:s + self.chunk] = torch.bmm(by_pos[pos], writes).squeeze(-1)
-        return out.T
+        the layers it writes (``_pack_writes``)."""
+        B = g_writes.shape[0]
+        by_pos = g_writes.permute(2, 0, 1, 3).reshape(self.rep.n_pos, B, -1)  # [T, B, L * d]
+        per_slot = torch.bmm(by_pos, self.packed)  # [T, B, slots]
+        return per_slot[self.feature_pos, :, self.slot].T
 
 
 def _influence_order(rows: torch.Tensor, row_of: dict[int, int], n_features: int, logit_rows: list[int],

@@ -1,0 +1,117 @@
+"""Zoo dictionaries: per-layer transcoders and a cross-layer transcoder for every zoo model, committed
+beside the model, with their metrics and attribution-graph scores in the model's card.
+
+    models/<name>/dictionaries/<recipe>/set.json      members, recipe, metrics
+    models/<name>/dictionaries/<recipe>/<member>/     dictionary.safetensors + config.json (+ card.json)
+    models/<name>/dictionaries/<recipe>/features/     feature data for the app (top contexts, ...)
+
+For each model and recipe (``RECIPES``):
+
+1. Train the set with the dictionaries job into a scratch folder under the artifacts root (activation
+   store and checkpoints live there, so an interrupted build resumes).
+2. Publish only the trained dictionaries and ``set.json`` into the model folder, atomically; write
+   their feature data.
+3. Trace attribution graphs on ``N_GRAPH_PROMPTS`` test prompts (each a test row cut before its last
+   target token) and record the replacement and completeness scores of the full and the pruned
+   graphs (mean and min), with the dictionaries' FVU, L0, dead fraction and spliced agreement, in the
+   card under ``dictionaries.<recipe>``.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import torch
+
+from workbench.attribution.attribute import AttributionConfig, attribute
+from workbench.attribution.prune import graph_scores, prune_graph
+from workbench.dictionaries.dictionary_set import SET_FILE, load_dictionary_set, save_dictionary_set
+from workbench.dictionaries.jobs import bundle_task, train_set, write_features
+from workbench.store.atomic import atomic_write_json, publish_dir, read_json, staging_dir
+from workbench.store.catalog import Catalog
+from workbench.store.model_files import ModelBundle, load_model_folder
+
+COMMON = {"activation": "topk", "k": 16, "n_features": 512, "steps": 1500, "batch_size": 1024, "lr": 1e-3,
+          "n_sequences": 2048}
+RECIPES = {"transcoders": {"kind": "transcoder", **COMMON}, "clt": {"kind": "clt", **COMMON}}
+N_GRAPH_PROMPTS = 20
+NODE_THRESHOLD, EDGE_THRESHOLD = 0.8, 0.98
+
+
+def _publish(scratch: Path, final: Path) -> None:
+    """Step 2: copy the set's dictionaries (not its checkpoints) and set.json into ``final``."""
+    meta = read_json(scratch / SET_FILE)
+    stage = staging_dir(final)
+    members = {}
+    for member, rel in meta["members"].items():
+        shutil.copytree(scratch / rel, stage / member)
+        members[member] = member
+    save_dictionary_set(stage, members, {k: v for k, v in meta.items() if k not in ("members", "model")})
+    publish_dir(stage, final)
+
+
+def graph_prompts(bundle: ModelBundle, n: int = N_GRAPH_PROMPTS, seed: int = 4321) -> list[torch.Tensor]:
+    """Test rows cut just before their last target token (the answer of an algorithmic task)."""
+    batch = bundle_task(bundle).sample("test", n, seed)
+    prompts = []
+    for tokens, mask in zip(batch.tokens, batch.loss_mask, strict=True):
+        last = int(mask.nonzero().flatten()[-1])
+        prompts.append(tokens[:last])
+    return prompts
+
+
+def score_graphs(bundle: ModelBundle, folder: Path, n: int = N_GRAPH_PROMPTS) -> dict:
+    """Step 3: replacement/completeness of full and pruned graphs over ``n`` test prompts."""
+    dictionaries = list(load_dictionary_set(folder)[0].values())
+    rows = []
+    for tokens in graph_prompts(bundle, n):
+        graph = attribute(bundle.model, dictionaries, tokens, config=AttributionConfig(), progress=False)
+        pruned = prune_graph(graph, NODE_THRESHOLD, EDGE_THRESHOLD)
+        rows.append((*graph_scores(graph), *graph_scores(graph, pruned.node_mask), graph.n_nodes, pruned.n_nodes,
+                     graph.metadata["identity_error"]))
+    t = torch.tensor(rows, dtype=torch.float64)
+    names = ["replacement", "completeness", "pruned_replacement", "pruned_completeness", "nodes", "pruned_nodes"]
+    out = {name: float(t[:, i].mean()) for i, name in enumerate(names)}
+    out |= {f"{name}_min": float(t[:, i].min()) for i, name in enumerate(names[:4])}
+    return out | {"n_prompts": n, "node_threshold": NODE_THRESHOLD, "edge_threshold": EDGE_THRESHOLD,
+                  "max_identity_error": float(t[:, 6].max())}
+
+
+def card_entry(recipe: dict, meta: dict, graphs: dict) -> dict:
+    per_layer = [meta["metrics"][m] for m in sorted(meta["metrics"])]
+    flat = lambda key: [v for m in per_layer for v in m[key]]  # noqa: E731
+    spliced = meta["spliced"]
+    return {"recipe": recipe, "fvu": flat("fvu"), "l0": flat("l0"), "dead_fraction": flat("dead_fraction"),
+            "agreement": spliced["agreement"], "loss_original": spliced["loss_original"],
+            "loss_all_replaced": spliced["loss_all_replaced"], "graphs": graphs}
+
+
+def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list[str] | None = None,
+                             force: bool = False, progress: bool = True, log=print) -> dict:
+    """Steps 1-3 for one zoo model; recipes already published are skipped unless ``force``."""
+    bundle = load_model_folder(model_folder)
+    card_path = Path(model_folder) / "card.json"
+    for name in recipes or list(RECIPES):
+        if name not in RECIPES:
+            raise ValueError(f"unknown dictionary recipe {name!r}; choose one of: {', '.join(RECIPES)}")
+        final = Path(model_folder) / "dictionaries" / name
+        card = read_json(card_path)
+        if (final / SET_FILE).is_file() and name in card.get("dictionaries", {}) and not force:
+            log(f"{bundle.name}/{name}: present, skipped")
+            continue
+        r = RECIPES[name]
+        scratch = catalog.root / "zoo-dictionaries" / bundle.name / name
+        log(f"{bundle.name}/{name}: training {r['kind']} ({r['activation']} k={r['k']}, {r['n_features']} features)")
+        train_set(bundle, r["kind"], r["activation"], r["k"], r["n_features"], None, r["steps"], r["batch_size"],
+                  r["lr"], scratch, "store", r["n_sequences"], catalog, progress=progress)
+        _publish(scratch, final)
+        write_features(bundle, final, catalog)
+        log(f"{bundle.name}/{name}: scoring graphs on {N_GRAPH_PROMPTS} test prompts")
+        graphs = score_graphs(bundle, final)
+        card.setdefault("dictionaries", {})[name] = card_entry(r, read_json(final / SET_FILE), graphs)
+        atomic_write_json(card_path, card)
+    return read_json(card_path).get("dictionaries", {})
+
+
+__all__ = ["N_GRAPH_PROMPTS", "RECIPES", "build_model_dictionaries", "graph_prompts", "score_graphs"]
