@@ -1,6 +1,6 @@
 """Shared widgets for the app's pages: where the zoo and store are, cached card and curve loading,
-the zoo table, curve figures, and the two ways file content reaches the screen (plain text, or the
-escaped token highlighter).
+the zoo table, curve figures, the dictionary picker and feature panel, and the two ways file content
+reaches the screen (plain text, or the escaped token highlighter).
 
 Every page imports this module as ``widgets`` after putting ``app/`` on ``sys.path`` (streamlit and
 AppTest run pages as scripts, not as a package). It imports only the catalog from the workbench:
@@ -8,7 +8,9 @@ AppTest run pages as scripts, not as a package). It imports only the catalog fro
 browsing cards and curves needs neither.
 
 Anything read from a file (names, notes, error messages) is shown with :func:`show_text` or escaped
-with :func:`md_escape`; :func:`token_highlighter` is the one place HTML is built, every token escaped.
+with :func:`md_escape`; :func:`token_highlighter` (and :func:`contexts_html`, which lines its output up)
+is the one place HTML is built, every token escaped. Dictionary folders are read only inside the
+artifacts root or the zoo (:func:`feature_data.safe_folder`), whichever page or file names them.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import math
 import re
 from pathlib import Path
 
+import feature_data  # app/feature_data.py: app/ is on sys.path, as for this module
 import pandas as pd
 import plotly.express as px
 import plotly.graph_objects as go
@@ -184,24 +187,213 @@ def show_text(label: str, text: object) -> None:
 
 
 def _highlight_colour(value: float, scale: float) -> str:
-    # positive values red, negative blue, alpha by magnitude relative to the largest one
+    # positive values red, negative blue, alpha by magnitude relative to the scale
     alpha = min(abs(value) / scale, 1.0) if scale > 0 else 0.0
     rgb = "220,38,38" if value >= 0 else "37,99,235"
     return f"rgba({rgb},{alpha:.3f})"
 
 
-def token_highlighter(tokens: list[str], values: list[float]) -> str:
-    """Tokens as spans shaded by value, as HTML for st.html; every token is escaped here."""
+def token_highlighter(tokens: list[str], values: list[float], scale: float | None = None,
+                      marked: int | None = None) -> str:
+    """Tokens as spans shaded by value, as HTML for st.html; every token is escaped here.
+
+    ``scale`` is the value drawn at full colour (default: the largest magnitude here; pass a feature's
+    max activation so its contexts compare). A NaN value is one not recorded: no shade. ``marked``
+    outlines one token (the context's own)."""
     if len(tokens) != len(values):
         raise ValueError(f"token_highlighter got {len(tokens)} tokens but {len(values)} values")
-    finite = [abs(float(v)) for v in values if math.isfinite(float(v))]
-    scale = max(finite, default=0.0)
+    values = [float(v) for v in values]
+    if scale is None:
+        scale = max((abs(v) for v in values if math.isfinite(v)), default=0.0)
     spans = []
-    for token, value in zip(tokens, values):
-        value = float(value) if math.isfinite(float(value)) else 0.0
+    for i, (token, value) in enumerate(zip(tokens, values)):
+        known = math.isfinite(value)
+        title = f"{value:.4g}" if known else "activation not recorded"
+        background = _highlight_colour(value, scale) if known else "transparent"
+        outline = "outline:1px solid #555;" if i == marked else ""
         spans.append(
-            f'<span title="{value:.4g}" style="background:{_highlight_colour(value, scale)};'
+            f'<span title="{title}" style="background:{background};{outline}'
             f'padding:1px 2px;margin:0 1px;border-radius:3px;white-space:pre">'
             f"{html.escape(str(token), quote=True)}</span>"
         )
     return '<div style="font-family:monospace;line-height:1.9">' + "".join(spans) + "</div>"
+
+
+# ---- dictionaries and their features (the Features page; the Attribution page reuses feature_panel)
+
+def dictionary_entries() -> list[dict] | None:
+    """Catalogued dictionaries, less the members of a catalogued set (``set/layer0``: the set's feature
+    data covers them); None (with a warning shown) when the catalog cannot be read."""
+    try:
+        rows = catalog().list("dictionary")
+    except Exception as err:  # noqa: BLE001 - a locked or damaged catalog must not break the page
+        st.warning(f"The catalog could not be read: {md_escape(err)}")
+        return None
+    names = {r["name"] for r in rows}
+    return [r for r in rows if r["name"].rpartition("/")[0] not in names]
+
+
+def dictionary_label(entry: dict) -> str:
+    meta = entry.get("meta") or {}
+    kind = meta.get("kind") or (meta.get("config") or {}).get("kind")
+    data = "" if (meta.get("features") or {}) else " · no feature data catalogued"
+    return f"{entry['name']}{f' · {kind}' if kind else ''}{data}"
+
+
+def dictionary_picker(entries: list[dict], key: str, label: str = "Dictionary") -> dict | None:
+    """A selectbox over catalog entries (:func:`dictionary_entries`); the chosen one, None when none."""
+    if not entries:
+        return None
+    index = st.selectbox(label, range(len(entries)), format_func=lambda i: dictionary_label(entries[i]), key=key)
+    return entries[index]
+
+
+def dictionary_entry(dictionary: str | Path | dict) -> tuple[dict, str | None]:
+    """(catalog entry, member hint) of an entry, a catalogued name (``set`` or ``set/member``) or a set
+    folder (an entry without meta); its path is not yet checked against the read roots."""
+    if isinstance(dictionary, dict):
+        return dictionary, None
+    text = str(dictionary)
+    known = {r["name"]: r for r in (dictionary_entries() or [])}
+    if text in known:
+        return known[text], None
+    parent, _, member = text.rpartition("/")
+    if parent in known:  # a member's own folder holds no feature data; its set's does
+        return known[parent], member
+    return {"name": text, "path": Path(text), "meta": {}}, None
+
+
+@st.cache_data(show_spinner=False, max_entries=8)
+def _feature_data_at(folder: str, signature: tuple) -> feature_data.FeatureData:
+    return feature_data.load_feature_data(folder)
+
+
+def load_features(dictionary: str | Path | dict) -> tuple[feature_data.FeatureData | None, str | None]:
+    """(feature data, member hint) of a dictionary; (None, None) with a message shown when its folder
+    is outside the read roots, missing, without feature data, or damaged."""
+    entry, member = dictionary_entry(dictionary)
+    name, folder = entry["name"], Path(entry["path"])
+    try:
+        folder = feature_data.safe_folder(folder)
+        return _feature_data_at(str(folder), feature_data.signature(folder)), member
+    except PermissionError as err:
+        st.error(md_escape(err))
+    except feature_data.MissingFeatureData:
+        st.info(f"Dictionary {md_escape(name)} has no feature data yet. Write it with:")
+        model = (entry.get("meta") or {}).get("model") or "MODEL_FOLDER"
+        st.code(f"wb dict features --model {model} --dict {folder}", language="bash")
+    except FileNotFoundError:
+        st.error(f"The files of dictionary {md_escape(name)} are missing: {md_escape(folder)} does not "
+                 "exist (deleted or moved). Train it again with `wb dict train`, or restore the folder.")
+    except ValueError as err:
+        st.warning(f"The feature data of {md_escape(name)} is damaged: {md_escape(err)}")
+    return None, None
+
+
+def feature_panel(dictionary: str | Path | dict, layer: int, feature: int, member: str | None = None,
+                  key: str = "feature") -> bool:
+    """One feature of a dictionary: density, top-activating contexts (per quantile band) with
+    per-token highlighting, activation histogram, top and bottom logit effects.
+
+    ``dictionary`` is a catalog entry, a catalogued name (``set`` or ``set/member``) or a set folder;
+    ``layer`` the model layer of the feature (a per-layer set's member for that layer, or the CLT's
+    features read at that layer); ``member`` only where two members read the same layer. Returns
+    whether the feature was shown (else a message says why)."""
+    data, hint = load_features(dictionary)
+    if data is None:
+        return False
+    try:
+        member = feature_data.member_for(data, int(layer), member or hint)
+    except KeyError as err:
+        st.warning(md_escape(err.args[0]))
+        return False
+    layer_features = feature_data.layer_frame(data.features, member, int(layer))
+    rows = layer_features[layer_features["feature"] == int(feature)]
+    if rows.empty:
+        st.warning(f"Layer {int(layer)} ({md_escape(member)}) has no feature {int(feature)}; it has features "
+                   f"0..{len(layer_features) - 1}.")
+        return False
+    row = rows.iloc[0]
+    st.subheader(f"Feature {int(feature)} · layer {int(layer)}")
+    st.caption(f"{md_escape(member)} in {md_escape(data.folder.name)}")
+    _feature_metrics(row, layer_features)
+    if row["density"] > 0:
+        contexts = feature_data.feature_rows(data.contexts, member, int(layer), int(feature))
+        _feature_contexts(contexts, float(row["max_activation"]), _n_bands(data.contexts))
+        bins = feature_data.feature_rows(data.histograms, member, int(layer), int(feature))
+        _feature_histogram(bins, key)
+    else:
+        st.info("This feature never fired on the tokens it was read on: no contexts, no histogram.")
+    _logit_effects(row)
+    return True
+
+
+def _feature_metrics(row: pd.Series, layer_features: pd.DataFrame) -> None:
+    density = float(row["density"])
+    rank = float((layer_features["density"] < density).mean())  # share of the layer's features it beats
+    cols = st.columns(4)
+    cols[0].metric("Density", f"{100 * density:.3g}%", help="fraction of tokens where the feature is nonzero")
+    cols[1].metric("Denser than", f"{100 * rank:.0f}%", help="of this layer's features")
+    cols[2].metric("Max activation", f"{float(row['max_activation']):.4g}")
+    cols[3].metric("Mean when active", f"{float(row['mean_active_activation']):.4g}")
+
+
+def _n_bands(contexts: pd.DataFrame) -> int:
+    bands = contexts.loc[contexts["group"] == "band", "band"]
+    return int(bands.max()) + 1 if len(bands) else 0
+
+
+def contexts_html(contexts: pd.DataFrame, scale: float) -> str:
+    """One line per context: its activation, then its window, each token escaped and shaded."""
+    lines = []
+    for _, row in contexts.iterrows():
+        tokens, values, center = feature_data.context_window(row)
+        lines.append('<div style="display:flex;gap:10px;align-items:baseline">'
+                     f'<code style="min-width:5em;text-align:right">{float(row["activation"]):.4g}</code>'
+                     f"{token_highlighter(tokens, values, scale, center)}</div>")
+    return "".join(lines)
+
+
+def _feature_contexts(contexts: pd.DataFrame, scale: float, n_bands: int) -> None:
+    top = contexts[contexts["group"] == "top"].sort_values("rank")
+    st.markdown("**Top-activating contexts**")
+    if not any(c in contexts.columns for c in feature_data.WINDOW_COLUMNS):
+        st.caption("Shaded by activation; this feature data records the activation of each context's own "
+                   "(outlined) token only.")
+    st.html(contexts_html(top, scale))
+    for band in reversed(range(n_bands)):  # the highest quantiles first
+        rows = contexts[(contexts["group"] == "band") & (contexts["band"] == band)].sort_values("rank")
+        lo, hi = 100 * band / n_bands, 100 * (band + 1) / n_bands
+        with st.expander(f"Quantile band {band + 1} of {n_bands}: {lo:.0f}-{hi:.0f}% of nonzero activations "
+                         f"({len(rows)} samples)"):
+            if len(rows):
+                st.html(contexts_html(rows, scale))
+
+
+def histogram_figure(bins: pd.DataFrame) -> go.Figure:
+    """Counts of the nonzero bins as bars over activation (bin 0, the exact zeros, is not drawn)."""
+    nonzero = bins[bins["bin"] > 0].sort_values("bin")
+    fig = go.Figure(go.Bar(x=(nonzero["lo"] + nonzero["hi"]) / 2, y=nonzero["count"],
+                           width=nonzero["hi"] - nonzero["lo"], marker_color="rgb(220,38,38)"))
+    fig.update_layout(height=280, margin={"l": 10, "r": 10, "t": 40, "b": 10}, title="Activation histogram",
+                      xaxis_title="activation (nonzero)", yaxis_title="tokens", bargap=0.05)
+    return fig
+
+
+def _feature_histogram(bins: pd.DataFrame, key: str) -> None:
+    if bins.empty:
+        st.info("No histogram recorded for this feature.")
+        return
+    zeros, total = int(bins.loc[bins["bin"] == 0, "count"].sum()), int(bins["count"].sum())
+    st.plotly_chart(histogram_figure(bins), key=f"{key}_histogram")
+    st.caption(f"{zeros:,} of {total:,} tokens read are exactly 0 (not drawn).")
+
+
+def _logit_effects(row: pd.Series) -> None:
+    """Top and bottom direct logit effects as tables: a table shows a token as text, whatever it holds."""
+    cols = st.columns(2)
+    for col, title, tokens, values in [(cols[0], "Raises logits of", "top_tokens", "top_values"),
+                                       (cols[1], "Lowers logits of", "bottom_tokens", "bottom_values")]:
+        col.markdown(f"**{title}**")
+        table = pd.DataFrame({"token": [str(t) for t in row[tokens]], "effect": [float(v) for v in row[values]]})
+        col.dataframe(table, hide_index=True, column_config={"effect": st.column_config.NumberColumn(format="%.4f")})

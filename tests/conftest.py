@@ -1,5 +1,7 @@
 """Shared fixtures: every test gets its own artifacts root and zoo folder, never the checkout's."""
 
+import functools
+
 import pytest
 import torch
 
@@ -35,6 +37,8 @@ TINY_CONFIGS = {
 def running_app():
     """Start ``wb app`` on a free loopback port; yields (base URL, health-check body), then stops it.
     Reads whatever WB_MODELS / WB_ARTIFACTS say when called (set them with monkeypatch first)."""
+    import os
+    import signal
     import socket
     import subprocess
     import sys
@@ -44,8 +48,9 @@ def running_app():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # its own session: `wb app` runs streamlit as a child, and stopping only `wb` would orphan it
     proc = subprocess.Popen([sys.executable, "-m", "workbench", "app", "--port", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     url, body, deadline = f"http://127.0.0.1:{port}", "", time.time() + 60
     try:
         while time.time() < deadline and not body:
@@ -55,5 +60,61 @@ def running_app():
                 time.sleep(0.5)
         yield url, body
     finally:
-        proc.terminate()
+        os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
+
+
+@functools.cache
+def tiny_feature_frames(kind: str) -> dict:
+    """Real feature data (features.py's own output) of untrained dictionaries (``transcoder``: one per
+    layer, or ``clt``) of 12 features on a 2-layer tiny model: what `wb dict features` writes."""
+    from workbench.architectures import build_model, model_config
+    from workbench.dictionaries import DictionaryConfig, build_dictionary
+    from workbench.dictionaries.features import feature_data
+    from workbench.tasks import make_task
+
+    task = make_task("recall")
+    model = build_model(model_config("transformer", task.tokenizer.vocab_size, task.seq_len, seed=0, n_layers=2,
+                                     d_model=16, n_heads=2, d_mlp=32)).eval()
+    ins, outs = [f"blocks.{l}.hook_mlp_in" for l in range(2)], [f"blocks.{l}.hook_mlp_out" for l in range(2)]
+    common = {"d_in": 16, "n_features": 12, "d_out": 16, "activation": "topk", "k": 3}
+    if kind == "clt":
+        dictionaries = {"clt": build_dictionary(DictionaryConfig("clt", n_layers=2, input_hooks=ins, output_hooks=outs,
+                                                                 **common))}
+    else:
+        dictionaries = {f"layer{l}": build_dictionary(DictionaryConfig(
+            "transcoder", input_hooks=[ins[l]], output_hooks=[outs[l]], **common)) for l in range(2)}
+    tokens = task.sample("train", 8, 0).tokens
+    return feature_data(model, dictionaries, tokens, task.tokenizer, n_logits=5, n_bins=6)
+
+
+def write_feature_set(name: str, kind: str = "transcoder", edit=None):
+    """A set folder ``<artifacts>/dictionaries/<name>`` holding only feature data (``edit`` may change
+    the frames first), catalogued under ``name``; returns the folder."""
+    from workbench.dictionaries.features import write_feature_data
+    from workbench.store import Catalog
+
+    catalog = Catalog()
+    folder = catalog.root / "dictionaries" / name
+    frames = {k: v.copy() for k, v in tiny_feature_frames(kind).items()}
+    if edit:
+        edit(frames)
+    f = frames["features"]
+    write_feature_data(folder, frames, {"n_features": len(f), "n_sequences": 8, "n_tokens": 224,
+                                        "dead_features": int((f["density"] == 0).sum()), "model": "models/tiny"})
+    catalog.register("dictionary", name, folder, {"kind": kind, "activation": "topk",
+                                                  "features": {"n_features": len(f)}})
+    return folder
+
+
+@pytest.fixture
+def feature_frames():
+    """``(kind) -> {"features", "contexts", "histograms"}``, computed once per session (see above)."""
+    return tiny_feature_frames
+
+
+@pytest.fixture
+def feature_set():
+    """``(name, kind="transcoder", edit=None) -> folder``: a catalogued set with feature data in this
+    test's artifacts root (request it after anything that sets WB_ARTIFACTS)."""
+    return write_feature_set

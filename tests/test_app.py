@@ -1,7 +1,9 @@
-"""The Streamlit app under AppTest: pages load on an empty, a normal and a damaged zoo, card content
-is shown as text (never as HTML), and the picker and comparison respond. No trained model needed."""
+"""The Streamlit app under AppTest: pages load on an empty, a normal and a damaged zoo or store, file
+content is shown as text (never as HTML), and the pickers, comparison, feature search and feature panel
+respond. No trained model needed: feature data comes from untrained dictionaries on a tiny model."""
 
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -147,3 +149,174 @@ def test_token_highlighter_escapes(monkeypatch):
     assert out.count("<span") == 3
     with pytest.raises(ValueError, match="2 tokens but 1 values"):
         widgets.token_highlighter(["a", "b"], [1.0])
+
+
+# ---- the Features page: sets with real feature data of untrained dictionaries (conftest's feature_set)
+
+FEATURES = str(APP / "pages" / "2_Features.py")
+SCRIPT = "<script>alert(1)</script>"
+
+
+def strongest(frames: dict, layer: int = 0) -> int:
+    """The feature the page opens first: the densest of the first layer."""
+    f = frames["features"]
+    f = f[f["layer"] == layer]
+    return int(f.sort_values(["density", "feature"], ascending=[False, True], kind="stable")["feature"].iloc[0])
+
+
+def html_bodies(at: AppTest) -> list[str]:
+    return [el.proto.body for el in at.get("html")]
+
+
+def test_features_page_on_an_empty_store():
+    at = run(FEATURES)
+    assert "No dictionaries" in at.info[0].value and "wb dict train" in at.info[0].value
+
+
+def test_features_page_lists_searches_and_opens_features(feature_set, feature_frames):
+    feature_set("tiny-transcoder-L0-1")
+    at = run(FEATURES)
+    listed = at.dataframe[0].value
+    assert len(listed) == 12 and list(listed["density"]) == sorted(listed["density"], reverse=True)
+    first = strongest(feature_frames("transcoder"))
+    assert at.subheader[0].value == f"Feature {first} · layer 0"
+    assert at.metric[0].label == "Density"
+    assert len(at.get("plotly_chart")) == 1  # the histogram
+    assert any("outline" in body for body in html_bodies(at))  # top contexts, the context's token outlined
+    assert "token" in at.dataframe[1].value.columns and len(at.dataframe[1].value) == 5  # logits raised
+    assert (at.dataframe[2].value["effect"] <= at.dataframe[1].value["effect"].min()).all()  # logits lowered
+
+    at.selectbox(key="features_layer").select_index(1).run()
+    at.radio(key="features_sort").set_value("max activation").run()
+    assert not at.exception
+    listed = at.dataframe[0].value
+    assert list(listed["max activation"]) == sorted(listed["max activation"], reverse=True)
+    at.selectbox(key="features_feature").set_value(7).run()
+    assert at.subheader[0].value == "Feature 7 · layer 1"
+
+    at.radio(key="features_search_by").set_value("feature index").run()
+    at.text_input(key="features_search").input("3, 5").run()
+    assert sorted(at.dataframe[0].value["feature"]) == [3, 5]
+    assert at.subheader[0].value.startswith(("Feature 3 ", "Feature 5 "))
+    at.text_input(key="features_search").input("three").run()
+    assert "not a feature index" in at.warning[0].value
+
+    features = feature_frames("transcoder")["features"]
+    token = features.query("layer == 1 and feature == 4")["top_tokens"].iloc[0][0]
+    at.radio(key="features_search_by").set_value("token").run()
+    at.text_input(key="features_search").input(token.upper()).run()
+    listed = at.dataframe[0].value
+    assert 4 in set(listed["feature"]) and "match" in listed.columns
+    assert not at.exception
+
+
+def test_feature_labels_and_tokens_are_text_not_html(feature_set):
+    def poison(frames):  # feature 0 of layer 0: its first top context's token and its top logit token
+        contexts, features = frames["contexts"], frames["features"]
+        first = contexts.index[(contexts["layer"] == 0) & (contexts["feature"] == 0) & (contexts["group"] == "top")][0]
+        contexts.loc[first, "text"] = contexts.loc[first, "text"].replace(f"[[{contexts.loc[first, 'token']}]]",
+                                                                          f"[[{SCRIPT}]]")
+        contexts.loc[first, "token"] = SCRIPT
+        features.at[features.index[0], "top_tokens"] = [SCRIPT, *features.at[features.index[0], "top_tokens"][1:]]
+
+    feature_set(f"evil{SCRIPT}", edit=poison)
+    at = run(FEATURES)
+    at.radio(key="features_search_by").set_value("token").run()
+    at.text_input(key="features_search").input(SCRIPT).run()
+    assert not at.exception
+    listed = at.dataframe[0].value
+    assert list(listed["feature"]) == [0] and SCRIPT in listed["raises logits of"].iloc[0]
+    at.selectbox(key="features_feature").set_value(0).run()
+    for body in bodies(at):
+        assert "<script>" not in body
+    assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in body for body in html_bodies(at))
+
+
+def test_dead_feature_and_damaged_files(feature_set, feature_frames):
+    dead = strongest(feature_frames("transcoder"))
+
+    def kill(frames):
+        features = frames["features"]
+        features.loc[(features["layer"] == 0) & (features["feature"] == dead), "density"] = 0.0
+
+    folder = feature_set("tiny", edit=kill)
+    at = run(FEATURES)
+    at.selectbox(key="features_feature").set_value(dead).run()
+    assert any("never fired" in i.value for i in at.info) and not at.get("plotly_chart")
+    (folder / "features" / "histograms.parquet").write_bytes(b"not parquet")
+    at = run(FEATURES)
+    assert "histograms" in at.warning[0].value and "is damaged" in at.warning[0].value
+
+
+def test_deleted_unwritten_and_outside_folders_get_a_clear_message(feature_set, tmp_path):
+    import shutil
+
+    from workbench.store import Catalog
+
+    shutil.rmtree(feature_set("gone"))
+    at = run(FEATURES)
+    assert "missing" in at.error[0].value and "deleted or moved" in at.error[0].value
+    catalog = Catalog()
+    (catalog.root / "dictionaries" / "fresh").mkdir(parents=True)
+    catalog.register("dictionary", "fresh", catalog.root / "dictionaries" / "fresh", {"model": "models/m"})
+    at.selectbox(key="features_dict").set_value(0).run()  # entries are sorted: fresh, gone
+    assert "no feature data yet" in at.info[0].value
+    assert at.code[0].value.startswith("wb dict features --model models/m --dict ")
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    catalog.register("dictionary", "aaa-outside", outside, {})
+    at = run(FEATURES)
+    assert "outside the artifacts root" in at.error[0].value
+
+
+def panel_script(app: str, dictionary: str, layer: int, feature: int) -> None:
+    import sys
+
+    sys.path.insert(0, app)
+    import widgets
+
+    widgets.feature_panel(dictionary, layer, feature)
+
+
+def panel(dictionary: str, layer: int, feature: int) -> AppTest:
+    at = AppTest.from_function(panel_script, args=(str(APP), dictionary, layer, feature),
+                               default_timeout=TIMEOUT).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_feature_panel_by_name_layer_and_index(feature_set):
+    """The call the Attribution page makes for a clicked node: set (or member) name, layer, feature."""
+    feature_set("tiny-clt-L0-1", kind="clt")
+    feature_set("tiny-transcoder-L0-1")
+    at = panel("tiny-clt-L0-1", 1, 3)
+    assert at.subheader[0].value == "Feature 3 · layer 1" and "clt" in at.caption[0].value
+    at = panel("tiny-transcoder-L0-1/layer1", 1, 2)
+    assert at.subheader[0].value == "Feature 2 · layer 1" and "layer1" in at.caption[0].value
+    assert "has no feature 99" in panel("tiny-transcoder-L0-1", 0, 99).warning[0].value
+    assert "no features for member 'layer0' layer 1" in panel("tiny-transcoder-L0-1/layer0", 1, 2).warning[0].value
+    assert "outside the artifacts root" in panel("../../etc", 0, 0).error[0].value
+
+
+def test_feature_data_search_and_context_windows(feature_frames, monkeypatch):
+    monkeypatch.syspath_prepend(str(APP))
+    import feature_data
+
+    frames = feature_frames("transcoder")
+    features = frames["features"][frames["features"]["layer"] == 0]
+    contexts = frames["contexts"][frames["contexts"]["layer"] == 0]
+    assert list(feature_data.search(features, contexts, " ", "token")["feature"]) == list(range(12))
+    token = contexts[contexts["group"] == "top"]["token"].iloc[0]
+    hits = feature_data.search(features, contexts, token, "token")
+    assert int(contexts[contexts["group"] == "top"]["feature"].iloc[0]) in set(hits["feature"])
+    assert all(h for h in hits["match"])
+    with pytest.raises(ValueError, match="'x' is not a feature index"):
+        feature_data.search(features, contexts, "1 x", "feature index")
+
+    row = contexts.iloc[0]
+    tokens, values, center = feature_data.context_window(row)
+    assert tokens[center] == row["token"] and values[center] == row["activation"]
+    assert sum(not math.isnan(v) for v in values) == 1  # only the marked token's activation is recorded
+    windowed = row.copy()
+    windowed["window_tokens"], windowed["window_activations"], windowed["window_center"] = ["a", "b"], [0.5, 1.0], 1
+    assert feature_data.context_window(windowed) == (["a", "b"], [0.5, 1.0], 1)
