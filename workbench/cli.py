@@ -371,12 +371,18 @@ def demo(host: str = "127.0.0.1", port: int = 8501, artifacts: ArtifactsOpt = No
     """The main job: build the zoo's missing models, verify every model, then open the app."""
     from workbench.store import Catalog, models_root
     from workbench.zoo import build_zoo, verify_zoo
+    from workbench.zoo.dictionaries import demo_graph, register_zoo_dictionaries
 
     catalog, models_dir = Catalog(artifacts), models_root(models)
     build_zoo(models_dir, catalog, log=typer.echo)
     rows = verify_zoo(models_dir, catalog)
     for row in rows:
         typer.echo(f"{'ok  ' if row.ok else 'FAIL'} {row.name}: {'; '.join(row.problems) or 'matches its card'}")
+    typer.echo(f"{len(register_zoo_dictionaries(models_dir, catalog))} zoo dictionary sets catalogued")
+    graph = demo_graph(models_dir, catalog)
+    if graph:
+        typer.echo(f"graph {graph['name']}: {graph['n_nodes']} nodes, replacement {graph['replacement_score']:.3f}, "
+                   f"completeness {graph['completeness_score']:.3f}; open http://{host}:{port}/Attribution_graph")
     launch_app(host, port, artifacts, models)
 
 

@@ -111,7 +111,43 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
         graphs = score_graphs(bundle, final)
         card.setdefault("dictionaries", {})[name] = card_entry(r, read_json(final / SET_FILE), graphs)
         atomic_write_json(card_path, card)
+        register_zoo_dictionaries(Path(model_folder).parent, catalog)
     return read_json(card_path).get("dictionaries", {})
 
 
-__all__ = ["N_GRAPH_PROMPTS", "RECIPES", "build_model_dictionaries", "graph_prompts", "score_graphs"]
+def register_zoo_dictionaries(models_dir: Path, catalog: Catalog) -> list[str]:
+    """List every committed zoo dictionary set in the catalog as ``<model>/<recipe>`` (so the app finds them)."""
+    names = []
+    for set_file in sorted(Path(models_dir).glob(f"*/dictionaries/*/{SET_FILE}")):
+        folder = set_file.parent
+        name = f"{folder.parent.parent.name}/{folder.name}"
+        meta = read_json(set_file)
+        catalog.register("dictionary", name, folder, {k: v for k, v in meta.items() if k != "members"}
+                         | {"model_folder": str(folder.parent.parent)})
+        names.append(name)
+    return names
+
+
+DEMO_MODEL, DEMO_RECIPE = "transformer-recall", "transcoders"
+
+
+def demo_graph(models_dir: Path, catalog: Catalog, progress: bool = False) -> dict | None:
+    """The graph ``make demo`` opens: the demo model's first graph prompt through its committed
+    transcoders, built once and catalogued (``None`` when the zoo lacks them)."""
+    from workbench.attribution.jobs import build_graph, load_summary
+
+    folder = Path(models_dir) / DEMO_MODEL
+    dicts = folder / "dictionaries" / DEMO_RECIPE
+    if not (dicts / SET_FILE).is_file():
+        return None
+    name = f"{DEMO_MODEL}-demo"
+    existing = [g for g in catalog.list("graph") if g["name"] == name]
+    if existing and (catalog.root / existing[0]["path"] / "summary.json").is_file():
+        return load_summary(catalog.root / existing[0]["path"]) | {"name": name}
+    bundle = load_model_folder(folder)
+    prompt = graph_prompts(bundle, 1)[0]
+    text = bundle.tokenizer.decode(prompt)
+    return build_graph(bundle, dicts, text, catalog=catalog, name=name, progress=progress)
+
+
+__all__ = ["DEMO_MODEL", "N_GRAPH_PROMPTS", "demo_graph", "register_zoo_dictionaries", "RECIPES", "build_model_dictionaries", "graph_prompts", "score_graphs"]
