@@ -217,6 +217,10 @@ def test_feature_labels_and_tokens_are_text_not_html(feature_set):
         contexts.loc[first, "text"] = contexts.loc[first, "text"].replace(f"[[{contexts.loc[first, 'token']}]]",
                                                                           f"[[{SCRIPT}]]")
         contexts.loc[first, "token"] = SCRIPT
+        if "window_tokens" in contexts:  # the per-token highlighter draws from the window columns
+            window = list(contexts.at[first, "window_tokens"])
+            window[int(contexts.at[first, "window_center"])] = SCRIPT
+            contexts.at[first, "window_tokens"] = window
         features.at[features.index[0], "top_tokens"] = [SCRIPT, *features.at[features.index[0], "top_tokens"][1:]]
 
     feature_set(f"evil{SCRIPT}", edit=poison)
@@ -316,7 +320,11 @@ def test_feature_data_search_and_context_windows(feature_frames, monkeypatch):
     row = contexts.iloc[0]
     tokens, values, center = feature_data.context_window(row)
     assert tokens[center] == row["token"] and values[center] == row["activation"]
-    assert sum(not math.isnan(v) for v in values) == 1  # only the marked token's activation is recorded
+    assert not any(math.isnan(v) for v in values)  # features.py records every window token's activation
+    assert values == pytest.approx(list(row["window_activations"]))
+    legacy = row.drop(["window_tokens", "window_activations", "window_center"])  # older feature data
+    tokens, values, center = feature_data.context_window(legacy)
+    assert tokens[center] == row["token"] and sum(not math.isnan(v) for v in values) == 1
     windowed = row.copy()
     windowed["window_tokens"], windowed["window_activations"], windowed["window_center"] = ["a", "b"], [0.5, 1.0], 1
     assert feature_data.context_window(windowed) == (["a", "b"], [0.5, 1.0], 1)

@@ -99,6 +99,13 @@ def test_feature_data_matches_brute_force():
         assert torch.allclose(torch.tensor(top.activation.values), expected[:len(top)], atol=1e-6)
         for s, p, a in zip(top.sequence_index, top.position, top.activation, strict=True):
             assert acts[position_of[(s, p)], f].item() == pytest.approx(a, abs=1e-6)
+        for _, c in top.iterrows():  # per-token highlighting: every real token of the window, its activation
+            s, p = int(c.sequence_index), int(c.position)
+            window = [q for q in range(p - 8, p + 9) if (s, q) in position_of]  # the default window: 8
+            assert list(c.window_tokens) == TASK.tokenizer.tokens(tokens[s, window].tolist())
+            expected_w = [acts[position_of[(s, q)], f].item() for q in window]
+            assert list(c.window_activations) == pytest.approx(expected_w, abs=1e-6)
+            assert c.window_activations[c.window_center] == pytest.approx(c.activation, abs=1e-6)
         band = ctx[(ctx.feature == f) & (ctx.group == "band")]
         assert (band.activation != 0).all()
         assert hist[hist.feature == f]["count"].sum() == n_tokens

@@ -134,6 +134,32 @@ def layer_contexts(acts: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor, tok
     s_idx, p_idx = torch.tensor(frame["sequence_index"].tolist()), torch.tensor(frame["position"].tolist())
     frame["token"] = tokenizer.tokens(tokens[s_idx, p_idx].tolist())
     frame["text"] = _context_texts(tokenizer, tokens, s_idx, p_idx, window)
+    return _add_windows(frame, acts, seq, pos, tokens, tokenizer, window)
+
+
+def _add_windows(frame: pd.DataFrame, acts: torch.Tensor, seq: torch.Tensor, pos: torch.Tensor, tokens: torch.Tensor,
+                 tokenizer, window: int) -> pd.DataFrame:
+    """Per-token highlighting data: each context's window tokens, the feature's activation on each
+    (pads and positions outside the sequence dropped) and the index of the context's own token."""
+    row_of = torch.full(tokens.shape, -1, dtype=torch.long)
+    row_of[seq, pos] = torch.arange(len(seq))
+    s_idx = torch.tensor(frame["sequence_index"].tolist(), dtype=torch.long)
+    p_idx = torch.tensor(frame["position"].tolist(), dtype=torch.long)
+    f_idx = torch.tensor(frame["feature"].tolist(), dtype=torch.long)
+    offsets = torch.arange(-window, window + 1)
+    where = p_idx[:, None] + offsets[None]  # [contexts, 2w + 1]
+    inside = (where >= 0) & (where < tokens.shape[1])
+    rows = torch.where(inside, row_of[s_idx[:, None], where.clamp(0, tokens.shape[1] - 1)], -1)
+    valid = rows >= 0  # real tokens only
+    values = acts[rows.clamp_min(0), f_idx[:, None].expand_as(rows)]
+    ids = tokens[s_idx[:, None], where.clamp(0, tokens.shape[1] - 1)]
+    names, vals, centers = [], [], []
+    for keep, id_row, v_row in zip(valid.tolist(), ids.tolist(), values.tolist(), strict=True):
+        kept = [i for i, k in enumerate(keep) if k]
+        names.append(tokenizer.tokens([id_row[i] for i in kept]))
+        vals.append([float(v_row[i]) for i in kept])
+        centers.append(kept.index(window) if window in kept else -1)
+    frame["window_tokens"], frame["window_activations"], frame["window_center"] = names, vals, centers
     return frame
 
 
