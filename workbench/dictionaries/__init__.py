@@ -7,6 +7,11 @@ graphs").
                               d_out=store.widths["blocks.0.hook_mlp_out"],
                               input_hooks=["blocks.0.hook_mlp_in"], output_hooks=["blocks.0.hook_mlp_out"])
     result = train_dictionary(config, store, DictTrainConfig(steps=2000), run_dir)
+
+Data parallel: the same call in every process of ``torchrun --nproc_per_node N`` (after
+``init_from_env()``), see :mod:`.distributed`. Foreign formats: :func:`save_saelens` /
+:func:`load_saelens` (SAELens folders) and :func:`save_circuit_tracer` / :func:`load_circuit_tracer`
+(circuit-tracer transcoder sets and CLTs).
 """
 
 from workbench.dictionaries.activation_reader import ActivationStore, TensorActivations, shuffled_minibatches
@@ -21,6 +26,9 @@ from workbench.dictionaries.activations import (
     real_token_rows,
     transcoder_hooks,
 )
+from workbench.dictionaries.distributed import Comm, init_from_env
+from workbench.dictionaries.interop_circuit_tracer import load_circuit_tracer, save_circuit_tracer
+from workbench.dictionaries.interop_saelens import load_saelens, save_saelens
 from workbench.dictionaries.losses import (
     DeadFeatureTracker,
     auxk_loss,
@@ -53,6 +61,7 @@ __all__ = [
     "SAE",
     "ActivationStore",
     "BatchTopK",
+    "Comm",
     "CrossLayerTranscoder",
     "DeadFeatureTracker",
     "DictTrainConfig",
@@ -76,20 +85,25 @@ __all__ = [
     "evaluate_dictionary",
     "fvu",
     "heaviside_step",
+    "init_from_env",
     "jumprelu",
     "l0",
     "l0_penalty",
     "l1_penalty",
     "layer_hooks",
+    "load_circuit_tracer",
     "load_dictionary",
     "load_dictionary_card",
+    "load_saelens",
     "plan_activation_store",
     "pre_activation_loss",
     "real_token_rows",
     "reconstruction_mse",
     "register_dictionary",
     "resample_dead_features",
+    "save_circuit_tracer",
     "save_dictionary",
+    "save_saelens",
     "shuffled_minibatches",
     "sparsity_penalty",
     "tanh_penalty",

@@ -15,10 +15,16 @@ Deterministic shuffling across shards, epoch ``e`` (generator seeded from ``(see
 
 Minibatch ``start_batch`` of the endless stream is reached by skipping whole epochs by count, then
 the first minibatches of that epoch, so a resumed trainer reads the same rows it would have.
+
+Parts for data-parallel training (``source.shard(index, count)``, see :mod:`.distributed`): part
+``index`` of a store holds its shard files ``index, index + count, ...`` when the store has at least
+``count`` files, else rows ``index::count`` of every file; part ``index`` of in-memory activations
+holds rows ``index::count``. A part is a source of its own (the same shuffling, on its rows only).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -100,6 +106,7 @@ class ActivationStore:
         if not self.manifest.get("complete"):
             raise RuntimeError(f"activation store {self.folder} is incomplete ({done} of {planned} shards); "
                                "run collect_activations again with the same arguments to finish it")
+        self.part: tuple[int, int] | None = None  # (index, count) for a data-parallel part, see shard()
 
     @property
     def hooks(self) -> list[str]:
@@ -119,6 +126,24 @@ class ActivationStore:
 
     def fingerprint(self) -> dict:
         return {"store": self.manifest["fingerprint"], "rows": self.n_rows}
+
+    def shard(self, index: int, count: int) -> ActivationStore:
+        """Part ``index`` of ``count`` (module docstring): the same store reading only its files or rows."""
+        if self.part is not None:
+            raise ValueError(f"activation store {self.folder} is already part {self.part[0]} of {self.part[1]}")
+        if not 0 <= index < count:
+            raise ValueError(f"part index {index} out of range for {count} parts")
+        part = copy.copy(self)
+        part.part = (index, count)
+        return part
+
+    def _part_files(self) -> tuple[list[int], slice]:
+        """(the store shards this part reads, the rows it keeps of each)."""
+        files = list(range(len(self.manifest["shards"])))
+        if self.part is None:
+            return files, slice(None)
+        index, count = self.part
+        return (files[index::count], slice(None)) if len(files) >= count else (files, slice(index, None, count))
 
     def check_hooks(self, hooks: list[str]) -> list[str]:
         missing = [h for h in hooks if h not in self.manifest["hooks"]]
@@ -145,8 +170,13 @@ class ActivationStore:
                     row_meta: bool = False) -> Iterator[dict[str, torch.Tensor]]:
         """Shuffled minibatches of ``hooks`` (default all), deterministic in ``seed`` (module docstring)."""
         hooks = self.check_hooks(hooks or self.hooks)
-        return shuffled_minibatches(self.shard_rows, lambda i: self.load_shard(i, hooks, row_meta), batch_size,
-                                    seed, start_batch, window_shards, epochs)
+        files, rows = self._part_files()
+        counts = [len(range(self.shard_rows[f])[rows]) for f in files]
+
+        def load(i: int) -> dict[str, torch.Tensor]:
+            tensors = self.load_shard(files[i], hooks, row_meta)
+            return tensors if self.part is None else {k: v[rows].contiguous() for k, v in tensors.items()}
+        return shuffled_minibatches(counts, load, batch_size, seed, start_batch, window_shards, epochs)
 
 
 class TensorActivations:
@@ -173,6 +203,13 @@ class TensorActivations:
 
     def fingerprint(self) -> dict:
         return {"in_memory": self.name, "rows": self.n_rows, "widths": self.widths}
+
+    def shard(self, index: int, count: int) -> TensorActivations:
+        """Part ``index`` of ``count``: rows ``index::count`` (module docstring)."""
+        if not 0 <= index < count:
+            raise ValueError(f"part index {index} out of range for {count} parts")
+        return TensorActivations({k: v[index::count].contiguous() for k, v in self.tensors.items()},
+                                 name=f"{self.name} part {index}/{count}")
 
     def minibatches(self, batch_size: int, seed: int, start_batch: int = 0, hooks: list[str] | None = None,
                     epochs: int | None = None) -> Iterator[dict[str, torch.Tensor]]:

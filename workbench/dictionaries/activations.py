@@ -32,6 +32,7 @@ minibatches without storing anything.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -263,7 +264,8 @@ class LiveActivations:
     Chunk ``i`` is ``chunk_sequences`` sequences sampled with a seed derived from ``(seed, i)``; its
     real-token rows are permuted (generator seeded from ``(seed, i)``) and appended to the stream,
     which is cut into minibatches of ``batch_size`` rows. Minibatch ``start_batch`` is found by counting
-    real tokens of the skipped chunks (no forward pass), so resuming costs no model time.
+    real tokens of the skipped chunks (no forward pass), so resuming costs no model time. Part
+    ``index`` of ``count`` (:meth:`shard`, for data-parallel training) reads chunks ``index::count``.
     """
 
     def __init__(self, model, task: Task, hooks: list[str], split: str = "train", chunk_sequences: int = 32,
@@ -273,14 +275,27 @@ class LiveActivations:
         self.hooks, self.model_config = list(hooks), model_config
         probe = real_token_rows(model, task.sample(split, 1, 0).tokens, self.hooks, task.tokenizer.pad_id)
         self.widths = {name: int(rows.shape[-1]) for name, rows in probe.items()}
+        self.part = (0, 1)  # (index, count): this source reads chunks index::count
 
     def fingerprint(self) -> dict:
         return {"live": {"model_config": self.model_config, "weights_sha256": weights_sha256(self.model),
                          "task": self.task.spec(), "split": self.split, "hooks": self.hooks,
                          "chunk_sequences": self.chunk_sequences}}
 
+    def shard(self, index: int, count: int) -> LiveActivations:
+        """Part ``index`` of ``count``: the chunks ``index::count`` of this stream."""
+        if self.part != (0, 1) or not 0 <= index < count:
+            raise ValueError(f"cannot take part {index} of {count} of live activations that are part {self.part}")
+        part = copy.copy(self)
+        part.part = (index, count)
+        return part
+
+    def _chunk_id(self, index: int) -> int:
+        return index * self.part[1] + self.part[0]
+
     def _chunk_tokens(self, seed: int, index: int) -> torch.Tensor:
-        return self.task.sample(self.split, self.chunk_sequences, mix_seed(seed, index, LIVE_SALT)).tokens
+        chunk = self._chunk_id(index)
+        return self.task.sample(self.split, self.chunk_sequences, mix_seed(seed, chunk, LIVE_SALT)).tokens
 
     def minibatches(self, batch_size: int, seed: int, start_batch: int = 0,
                     hooks: list[str] | None = None) -> Iterator[dict[str, torch.Tensor]]:
@@ -295,7 +310,7 @@ class LiveActivations:
         while True:
             rows = real_token_rows(self.model, self._chunk_tokens(seed, index), hooks, pad_id, self.widths)
             n = next(iter(rows.values())).shape[0]
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, index)))
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, self._chunk_id(index))))
             rows = {k: v[order][skip:] for k, v in rows.items()}
             skip, index = 0, index + 1
             buffer = rows if buffer is None else {k: torch.cat([buffer[k], rows[k]]) for k in rows}

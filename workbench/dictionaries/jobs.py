@@ -11,6 +11,11 @@ Set folder (default ``<artifacts>/dictionaries/<model>-<kind>-L<layers>``)::
 Members: ``layer<l>`` per layer for sae / transcoder / skip_transcoder (an SAE reads and rewrites
 ``hook_mlp_out``; the others read ``hook_mlp_in`` and write ``hook_mlp_out``), or ``clt`` for one
 cross-layer transcoder over the listed layers.
+
+Under torchrun (``python -m torch.distributed.run --nproc_per_node N -m workbench dict train ...``)
+:func:`train_set` trains data-parallel (see :mod:`.distributed`): rank 0 collects a store while the
+others wait, every process reads its part of the activations, and rank 0 alone evaluates, writes the
+set and catalogs it; every process returns the same result.
 """
 
 from __future__ import annotations
@@ -20,8 +25,10 @@ from pathlib import Path
 import torch
 
 from workbench.architectures.hooked import hook_name
+from workbench.dictionaries.activation_reader import ActivationStore
 from workbench.dictionaries.activations import LiveActivations, collect_activations, transcoder_hooks
 from workbench.dictionaries.dictionary_set import load_dictionary_set, save_dictionary_set
+from workbench.dictionaries.distributed import Comm, init_from_env
 from workbench.dictionaries.features import feature_data, write_feature_data
 from workbench.dictionaries.metrics import evaluate_dictionary
 from workbench.dictionaries.models import (
@@ -69,13 +76,16 @@ def member_hooks(kind: str, layers: list[int]) -> dict[str, tuple[list[str], lis
     return {f"layer{l}": ([hook_name(reads, l)], [hook_name("mlp_out", l)]) for l in layers}
 
 
-def _source(bundle, task, layers, activations, n_sequences, catalog, progress):
+def _source(bundle, task, layers, activations, n_sequences, catalog, progress, comm: Comm):
     hooks = transcoder_hooks(layers)
     if activations == "live":
         return LiveActivations(bundle.model, task, hooks, model_config=bundle.config)
     folder = catalog.root / "activations" / f"{bundle.name}-L{'-'.join(map(str, layers))}"
-    return collect_activations(bundle.model, task, folder, hooks, n_sequences, model_config=bundle.config,
-                               model_name=bundle.name, progress=progress)
+    if comm.is_writer:
+        collect_activations(bundle.model, task, folder, hooks, n_sequences, model_config=bundle.config,
+                            model_name=bundle.name, progress=progress)
+    comm.barrier()  # the store is complete before any process reads it
+    return ActivationStore(folder)
 
 
 def eval_batch(task, n: int):
@@ -90,8 +100,11 @@ def spliced(bundle, dictionaries: dict, task, n_eval: int) -> dict:
 
 def train_set(bundle: ModelBundle, kind: str, activation: str, k: int | None, n_features: int, layers: str | None,
               steps: int, batch_size: int, lr: float, out: Path | None, activations: str, n_sequences: int,
-              catalog: Catalog, n_eval: int = 64, seed: int = 0, progress: bool = True) -> dict:
-    """Train one dictionary per layer (or one CLT), save the set, catalog it; return its metrics."""
+              catalog: Catalog, n_eval: int = 64, seed: int = 0, progress: bool = True,
+              device: str = "cpu") -> dict:
+    """Train one dictionary per layer (or one CLT), save the set, catalog it; return its metrics.
+    Under torchrun every process trains its part of the data (module docstring)."""
+    comm = init_from_env(device)
     _choice(kind, DICTIONARY_KINDS, "dictionary kind")
     _choice(activation, NONLINEARITIES, "activation")
     _choice(activations, ACTIVATION_SOURCES, "activation source")
@@ -99,7 +112,7 @@ def train_set(bundle: ModelBundle, kind: str, activation: str, k: int | None, n_
     chosen = parse_layers(layers, int(bundle.config["n_layers"]))
     set_name = f"{bundle.name}-{kind}-L{'-'.join(map(str, chosen))}"
     out = Path(out) if out else catalog.root / "dictionaries" / set_name
-    source = _source(bundle, task, chosen, activations, n_sequences, catalog, progress)
+    source = _source(bundle, task, chosen, activations, n_sequences, catalog, progress, comm)
     cfg = DictTrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed,
                           checkpoint_every=max(1, min(500, steps)), warmup_steps=min(50, max(1, steps // 10)))
     members, dictionaries, metrics = {}, {}, {}
@@ -107,16 +120,20 @@ def train_set(bundle: ModelBundle, kind: str, activation: str, k: int | None, n_
         config = DictionaryConfig(kind, d_in=source.widths[ins[0]], n_features=n_features,
                                   d_out=source.widths[outs[0]], n_layers=len(ins), activation=activation, k=k,
                                   input_hooks=ins, output_hooks=outs, seed=seed)
-        result = train_dictionary(config, source, cfg, out / "runs" / member, progress=progress)
+        result = train_dictionary(config, source, cfg, out / "runs" / member, progress=progress, comm=comm)
         members[member] = f"runs/{member}/dictionary"
         dictionaries[member], metrics[member] = result.dictionary, result.metrics
-        register_dictionary(out / members[member], f"{set_name}/{member}", catalog.root)
-    splice = spliced(bundle, dictionaries, task, n_eval)
-    meta = {"model": str(bundle.folder), "model_name": bundle.name, "kind": kind, "activation": activation,
-            "layers": chosen, "n_features": n_features, "steps": steps, "metrics": metrics, "spliced": splice}
-    save_dictionary_set(out, members, meta)
-    catalog.register("dictionary", set_name, out, {k_: v for k_, v in meta.items() if k_ != "members"})
-    return {"name": set_name, "folder": str(out), "metrics": metrics, "spliced": splice}
+        if comm.is_writer:
+            register_dictionary(out / members[member], f"{set_name}/{member}", catalog.root)
+    summary = None
+    if comm.is_writer:
+        splice = spliced(bundle, dictionaries, task, n_eval)
+        meta = {"model": str(bundle.folder), "model_name": bundle.name, "kind": kind, "activation": activation,
+                "layers": chosen, "n_features": n_features, "steps": steps, "metrics": metrics, "spliced": splice}
+        save_dictionary_set(out, members, meta)
+        catalog.register("dictionary", set_name, out, {k_: v for k_, v in meta.items() if k_ != "members"})
+        summary = {"name": set_name, "folder": str(out), "metrics": metrics, "spliced": splice}
+    return comm.broadcast_object(summary)
 
 
 @torch.no_grad()

@@ -71,17 +71,23 @@ def pre_activation_loss(pre: torch.Tensor, feature_mask: torch.Tensor | None = N
     return negative.sum(dim=(-2, -1)).mean()
 
 
-def auxk_loss(dictionary, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, k_aux: int) -> torch.Tensor:
-    """The AuxK loss of the module docstring; ``dead`` is ``[layers, features]`` bool."""
+def auxk_loss(dictionary, pre: torch.Tensor, residual: torch.Tensor, dead: torch.Tensor, k_aux: int,
+              comm=None) -> torch.Tensor:
+    """The AuxK loss of the module docstring; ``dead`` is ``[layers, features]`` bool. Under
+    distributed training (``comm``) the normaliser is the global batch's, so the processes' losses
+    sum to the global batch's loss."""
     if not dead.any():
         return pre.new_zeros(())
     k = min(k_aux, int(dead.sum(dim=1).max()))
     candidates = torch.where(dead, torch.relu(pre), torch.full_like(pre, -1.0))  # live features never chosen
-    values, indices = candidates.topk(k, dim=-1)
+    values, indices = candidates.topk(k, dim=-1, sorted=False)
     aux_acts = torch.zeros_like(pre).scatter(-1, indices, torch.relu(values))
     residual = residual.detach()
     error_hat = dictionary.decode_features(aux_acts)
-    spread = (residual - residual.mean(dim=0, keepdim=True)).pow(2).sum()
+    if comm is not None and comm.distributed:
+        spread = comm.sum_((residual - comm.mean_rows(residual)).pow(2).sum())
+    else:
+        spread = (residual - residual.mean(dim=0, keepdim=True)).pow(2).sum()
     return (residual - error_hat).pow(2).sum() / spread.clamp_min(1e-12)
 
 
@@ -96,9 +102,15 @@ class DeadFeatureTracker(nn.Module):
         self.register_buffer("tokens_since_fired", torch.zeros(n_layers, n_features, dtype=torch.int64))
 
     @torch.no_grad()
-    def update(self, acts: torch.Tensor) -> None:
+    def update(self, acts: torch.Tensor, comm=None) -> None:
+        """Count ``acts``' rows; under distributed training (``comm``) the global batch's rows and
+        "fired" mask, so every process keeps the same counters."""
         fired = (acts != 0).any(dim=0)
-        self.tokens_since_fired.add_(acts.shape[0]).masked_fill_(fired, 0)
+        rows = acts.shape[0]
+        if comm is not None and comm.distributed:
+            fired = comm.max_(fired.to(torch.int32)).bool()
+            rows = comm.total(rows)
+        self.tokens_since_fired.add_(rows).masked_fill_(fired, 0)
 
     def dead(self) -> torch.Tensor:
         """Bool ``[layers, features]``: silent for at least the whole window."""

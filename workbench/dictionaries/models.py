@@ -224,6 +224,28 @@ class Dictionary(nn.Module):
             parallel = (w.grad * unit).sum(dim=(1, 2), keepdim=True)
             w.grad.sub_(parallel * unit)
 
+    # --- folding the scales (for formats without them) -----------------------------------------------
+    @torch.no_grad()
+    def with_scales_folded(self) -> Dictionary:
+        """A copy with ``input_scale`` / ``output_scale`` folded into the weights and set to 1: the same
+        function up to float rounding (exactly the same when the scales are already 1). Encoders take
+        ``s_in``, decoders and ``b_dec`` are divided by the ``s_out`` of the layer they write, ``W_skip``
+        takes ``s_in / s_out``; biases of the encoder and thresholds are unchanged."""
+        folded = build_dictionary(DictionaryConfig.from_dict(self.config.to_dict()))
+        folded.load_state_dict(self.state_dict())
+        s_in, s_out = self.input_scale, self.output_scale
+        if bool((s_in == 1).all() and (s_out == 1).all()):
+            return folded.eval()
+        folded.W_enc.mul_(s_in[:, None, None])
+        for source, w in enumerate(folded.W_dec):
+            w.div_(s_out[source:][None, :, None])
+        folded.b_dec.div_(s_out[:, None])
+        if folded.W_skip is not None:
+            folded.W_skip.mul_((s_in / s_out)[:, None, None])
+        folded.input_scale.fill_(1.0)
+        folded.output_scale.fill_(1.0)
+        return folded.eval()
+
     # --- BatchTopK -> JumpReLU ----------------------------------------------------------------------
     @torch.no_grad()
     def batchtopk_to_jumprelu(self, calibration_inputs, method: str = "global") -> Dictionary:

@@ -19,7 +19,8 @@ TopK (Gao et al. 2024): keep the ``k`` largest pre-activations of each row, zero
 (with ``relu=False`` exactly ``k`` entries per row are nonzero whatever their sign).
 
 BatchTopK (Bussmann et al. 2024): ReLU, then keep the ``k * batch`` largest activations of the whole
-batch (per layer), so ``k`` is an average per row. For inference :meth:`BatchTopK.to_jumprelu` turns it
+batch (per layer), so ``k`` is an average per row. In data-parallel training the batch is the global
+one: the kept set is everything at or above the ``k * N``-th largest activation over all processes. For inference :meth:`BatchTopK.to_jumprelu` turns it
 into a JumpReLU whose threshold does not depend on the batch:
 
 1. For each calibration batch, run BatchTopK and take the smallest positive activation it kept.
@@ -132,7 +133,7 @@ class TopK(nn.Module):
         self.k, self.relu = k, relu
 
     def forward(self, pre: torch.Tensor) -> torch.Tensor:
-        values, indices = pre.topk(self.k, dim=-1)
+        values, indices = pre.topk(self.k, dim=-1, sorted=False)  # the order is irrelevant to scatter
         if self.relu:
             values = torch.relu(values)
         return torch.zeros_like(pre).scatter(-1, indices, values)
@@ -146,15 +147,31 @@ class BatchTopK(nn.Module):
         if not 1 <= k <= n_features:
             raise ValueError(f"BatchTopK needs 1 <= k <= n_features ({n_features}); got k={k}")
         self.k = k
+        self.batch_comm = None  # set by distributed training: the batch spans every process
 
     def forward(self, pre: torch.Tensor) -> torch.Tensor:
         if pre.dim() != 3:
             raise ValueError(f"BatchTopK expects pre-activations [batch, layers, features]; got {tuple(pre.shape)}")
         batch, n_layers, n_features = pre.shape
         per_layer = torch.relu(pre).transpose(0, 1).reshape(n_layers, batch * n_features)
-        values, indices = per_layer.topk(min(self.k * batch, batch * n_features), dim=-1)
-        kept = torch.zeros_like(per_layer).scatter(-1, indices, values)
+        if self.batch_comm is not None and self.batch_comm.distributed:
+            kept = self._keep_over_processes(per_layer, batch, n_features)
+        else:
+            values, indices = per_layer.topk(min(self.k * batch, batch * n_features), dim=-1, sorted=False)
+            kept = torch.zeros_like(per_layer).scatter(-1, indices, values)
         return kept.reshape(n_layers, batch, n_features).transpose(0, 1)
+
+    def _keep_over_processes(self, per_layer: torch.Tensor, batch: int, n_features: int) -> torch.Tensor:
+        """Keep what is at least the ``k * N``-th largest activation of the global batch (``N`` rows
+        over all processes): every process contributes its largest ``min(k * N, rows * features)``,
+        which holds its share of the global top."""
+        comm = self.batch_comm
+        global_rows = comm.total(batch)
+        keep = min(self.k * global_rows, global_rows * n_features)
+        local_top = per_layer.detach().topk(min(keep, batch * n_features), dim=-1, sorted=False).values
+        candidates = comm.gather_rows(local_top.T.contiguous()).T  # [layers, sum of m]
+        threshold = candidates.topk(keep, dim=-1, sorted=False).values.amin(dim=-1, keepdim=True)
+        return per_layer * (per_layer >= threshold).to(per_layer.dtype)
 
     @torch.no_grad()
     def calibrate_thresholds(self, calibration_pre: Iterable[torch.Tensor], method: str = "global") -> torch.Tensor:

@@ -48,7 +48,9 @@ def resample_dead_features(dictionary, optimizer: torch.optim.Optimizer, tracker
             continue
         residual = (y_n - recon_n)[:, layer:].flatten(1)  # what a layer-l feature could write
         score = residual.pow(2).sum(dim=1).pow(2) + 1e-12
-        rows = torch.multinomial(score, indices.numel(), replacement=True, generator=generator)
+        # the seeded generator lives on the CPU, whatever device trains
+        rows = torch.multinomial(score.cpu(), indices.numel(), replacement=True, generator=generator)
+        rows = rows.to(score.device)
         decoder = dictionary.W_dec[layer]
         dec_norm = 1.0 if unit else _mean_live(decoder.flatten(1).norm(dim=1), dead)
         directions = residual[rows] / residual[rows].norm(dim=1, keepdim=True).clamp_min(1e-12)

@@ -20,6 +20,12 @@
    same bytes; a different config is refused with the differences listed.
 6. A non-finite loss or gradient raises :class:`TrainingDiverged`; the last good checkpoint stays.
 7. At the end, evaluate per-layer metrics and publish ``run_dir/dictionary`` (weights, config, card).
+
+Data parallel (torchrun, :mod:`.distributed`): with ``data_shards`` ``D`` > 1 (default: the number of
+processes) each step's global minibatch is the concatenation of minibatch ``s`` of the source's ``D``
+parts (``batch_size / D`` rows each); each process reads only its parts, gradients and batch-wide
+statistics are summed across processes, and rank 0 alone writes checkpoints and the dictionary. A
+one-process run with the same ``D`` sees the same batches and reaches the same weights.
 """
 
 from __future__ import annotations
@@ -35,6 +41,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from workbench.dictionaries.activation_reader import mix_seed
+from workbench.dictionaries.distributed import (
+    Comm,
+    batch_wide,
+    current_comm,
+    global_minibatches,
+    source_parts,
+)
 from workbench.dictionaries.losses import (
     SPARSITY_PENALTIES,
     DeadFeatureTracker,
@@ -86,9 +99,10 @@ class DictTrainConfig(StrictConfig):
     keep_checkpoints: int = 2
     log_every: int = 10
     seed: int = 0
+    data_shards: int | None = None  # parts of the source per global batch; None: the number of processes
 
-    def resolved(self, dictionary: DictionaryConfig) -> DictTrainConfig:
-        """A copy with the activation-dependent defaults filled in and checked."""
+    def resolved(self, dictionary: DictionaryConfig, world: int = 1) -> DictTrainConfig:
+        """A copy with the activation- and process-dependent defaults filled in and checked."""
         topk = dictionary.activation in ("topk", "batchtopk")
         default_sparsity = "none" if topk else ("tanh" if dictionary.activation == "jumprelu" else "l1")
         sparsity = self.sparsity or default_sparsity
@@ -98,7 +112,29 @@ class DictTrainConfig(StrictConfig):
             raise ValueError(f"sparsity 'l0' needs activation 'jumprelu' (got {dictionary.activation!r}); "
                              "choose l1 or tanh, or a jumprelu dictionary")
         auxk = (1 / 32 if topk else 0.0) if self.auxk_coef is None else self.auxk_coef
-        return DictTrainConfig(**{**asdict(self), "sparsity": sparsity, "auxk_coef": auxk})
+        shards = world if self.data_shards is None else self.data_shards
+        if shards < 1 or self.batch_size % shards:
+            raise ValueError(f"batch_size ({self.batch_size}) must be divisible by data_shards ({shards}); "
+                             f"choose a batch_size that is a multiple of {shards}")
+        return DictTrainConfig(**{**asdict(self), "sparsity": sparsity, "auxk_coef": auxk, "data_shards": shards})
+
+    def recorded(self) -> dict:
+        """The config as checkpoints and cards record it (``data_shards`` only when it shards)."""
+        values = asdict(self)
+        if values.get("data_shards") == 1:
+            del values["data_shards"]
+        return values
+
+
+@dataclass
+class _Run:
+    """What one training call works with: state, optimizer, settings, processes, device, folder."""
+    state: nn.Module
+    optimizer: torch.optim.Optimizer
+    cfg: DictTrainConfig
+    comm: Comm
+    device: torch.device
+    run_dir: Path
 
 
 @dataclass
@@ -155,20 +191,28 @@ def stack_layers(batch: dict[str, torch.Tensor], hooks: list[str]) -> torch.Tens
     return torch.stack([batch[name].float() for name in hooks], dim=1)
 
 
-@torch.no_grad()
-def estimate_scales(source, config: DictionaryConfig, cfg: DictTrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 3: per-layer scales with mean squared norm ``d`` after scaling."""
+def _stream(parts: list, config: DictionaryConfig, cfg: DictTrainConfig, seed: int, start: int = 0):
     hooks = list(dict.fromkeys(config.input_hooks + config.output_hooks))
-    stream = source.minibatches(cfg.batch_size, seed=mix_seed(cfg.seed, NORMALIZATION_SALT), hooks=hooks)
+    return global_minibatches(parts, cfg.batch_size, cfg.data_shards, seed, start, hooks)
+
+
+@torch.no_grad()
+def estimate_scales(parts: list, config: DictionaryConfig, cfg: DictTrainConfig,
+                    comm: Comm | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 3: per-layer scales with mean squared norm ``d`` after scaling (means over global batches)."""
+    comm = comm or Comm()
+    stream = _stream(parts, config, cfg, mix_seed(cfg.seed, NORMALIZATION_SALT))
     sq_in, sq_out = torch.zeros(config.n_layers), torch.zeros(config.n_layers)
     for _, batch in zip(range(max(1, cfg.normalization_batches)), stream, strict=False):
-        sq_in += stack_layers(batch, config.input_hooks).pow(2).sum(-1).mean(0)
-        sq_out += stack_layers(batch, config.output_hooks).pow(2).sum(-1).mean(0)
+        sq_in += comm.mean_rows(stack_layers(batch, config.input_hooks).to(comm.device).pow(2).sum(-1)).cpu()
+        sq_out += comm.mean_rows(stack_layers(batch, config.output_hooks).to(comm.device).pow(2).sum(-1)).cpu()
     n = max(1, cfg.normalization_batches)
     return ((config.d_in / (sq_in / n).clamp_min(1e-12)).sqrt(), (config.d_out / (sq_out / n).clamp_min(1e-12)).sqrt())
 
 
-def _losses(d: Dictionary, tracker: DeadFeatureTracker, x_n, y_n, cfg: DictTrainConfig, step: int):
+def _losses(d: Dictionary, tracker: DeadFeatureTracker, x_n, y_n, cfg: DictTrainConfig, step: int,
+            comm: Comm, weight: float):
+    """The step's loss; ``weight`` is this process's share of the global rows (1 in one process)."""
     recon, acts, pre = d.forward_normalized(x_n)
     dead = tracker.dead()
     parts = {"mse": reconstruction_mse(recon, y_n),
@@ -177,95 +221,131 @@ def _losses(d: Dictionary, tracker: DeadFeatureTracker, x_n, y_n, cfg: DictTrain
     if cfg.pre_act_coef > 0:
         parts["pre_act"] = pre_activation_loss(pre, dead if cfg.pre_act_dead_only else None)
         total = total + cfg.pre_act_coef * parts["pre_act"]
-    if cfg.auxk_coef > 0:
-        parts["auxk"] = auxk_loss(d, pre, y_n - recon, dead, cfg.aux_k)
+    if weight != 1.0:  # means over this process's rows -> its share of the global batch's mean
+        total = total * weight
+    if cfg.auxk_coef > 0:  # normalised by the global batch: the processes' terms add up
+        parts["auxk"] = auxk_loss(d, pre, y_n - recon, dead, cfg.aux_k, comm)
         total = total + cfg.auxk_coef * parts["auxk"]
     return total, parts, recon, acts
 
 
-def _train_step(state: _TrainingState, optimizer, batch: dict, cfg: DictTrainConfig, step: int, run_dir: Path) -> dict:
-    d, tracker, c = state.dictionary, state.tracker, state.dictionary.config
-    x_n = d.normalize_input(stack_layers(batch, c.input_hooks))
-    y_n = stack_layers(batch, c.output_hooks) * d.output_scale[:, None]
-    for group in optimizer.param_groups:
+def _train_step(run: _Run, batch: dict, step: int) -> tuple[dict, int]:
+    cfg, comm = run.cfg, run.comm
+    d, tracker, c = run.state.dictionary, run.state.tracker, run.state.dictionary.config
+    x_n = d.normalize_input(stack_layers(batch, c.input_hooks).to(run.device))
+    y_n = stack_layers(batch, c.output_hooks).to(run.device) * d.output_scale[:, None]
+    global_rows = comm.total(x_n.shape[0])
+    weight = x_n.shape[0] / global_rows
+    for group in run.optimizer.param_groups:
         group["lr"] = lr_at(step, cfg)
-    total, parts, recon, acts = _losses(d, tracker, x_n, y_n, cfg, step)
-    optimizer.zero_grad(set_to_none=True)
+    with batch_wide(d, comm):
+        total, parts, recon, acts = _losses(d, tracker, x_n, y_n, cfg, step, comm, weight)
+    run.optimizer.zero_grad(set_to_none=True)
     total.backward()
+    loss = comm.sum_grads_and(list(d.parameters()), total.detach().reshape(1))[0]  # the global batch's loss
     unit = c.decoder_norm == "unit"
     if unit:
         d.remove_parallel_decoder_grad()
     grad_norm = torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip)
-    check_finite(total.detach(), grad_norm, step, run_dir,
+    check_finite(loss, grad_norm, step, run.run_dir,
                  "Check the activations for NaN/inf, lower the learning rate or raise warm-up.")
-    optimizer.step()
+    run.optimizer.step()
     if unit:
         d.normalize_decoder()
-    tracker.update(acts.detach())
+    tracker.update(acts.detach(), comm)
     if cfg.resample_every and (step + 1) % cfg.resample_every == 0:
         generator = torch.Generator().manual_seed(mix_seed(cfg.seed, step, RESAMPLE_SALT))
-        resample_dead_features(d, optimizer, tracker, x_n, y_n, recon.detach(), generator)
-    with torch.no_grad():
-        stats = {name: value.item() for name, value in parts.items()}
-        stats.update(loss=total.item(), fvu=fvu(recon, y_n).mean().item(), l0=l0(acts).mean().item(),
-                     dead_fraction=tracker.dead_fraction().mean().item())
+        x_all, y_all, r_all = (comm.gather_rows(t) for t in (x_n, y_n, recon.detach()))
+        resample_dead_features(d, run.optimizer, tracker, x_all, y_all, r_all, generator)
+    return _step_stats(parts, loss, recon, y_n, acts, tracker, comm, weight), global_rows
+
+
+@torch.no_grad()
+def _step_stats(parts: dict, loss, recon, y_n, acts, tracker, comm: Comm, weight: float) -> dict:
+    """Curve values of a step; across processes, row-weighted means (FVU: of the processes' FVUs)."""
+    values = {**parts, "fvu": fvu(recon, y_n).mean(), "l0": l0(acts).mean()}
+    if comm.distributed:
+        scaled = [v.detach().float() * (1.0 if name == "auxk" else weight) for name, v in values.items()]
+        values = dict(zip(values, comm.sum_(torch.stack(scaled)), strict=True))
+    stats = {name: values[name].item() for name in parts}
+    stats.update(loss=loss.item(), fvu=values["fvu"].item(), l0=values["l0"].item(),
+                 dead_fraction=tracker.dead_fraction().mean().item())
     return stats
 
 
-def _start(config: DictionaryConfig, source, cfg: DictTrainConfig, run_dir: Path):
+def _start(config: DictionaryConfig, source, cfg: DictTrainConfig, run_dir: Path, comm: Comm,
+           device: torch.device):
     check_source(config, source)
-    run_config = {"dictionary": config.to_dict(), "train": asdict(cfg), "source": source.fingerprint()}
+    run_config = {"dictionary": config.to_dict(), "train": cfg.recorded(), "source": source.fingerprint()}
     dictionary = build_dictionary(DictionaryConfig.from_dict(config.to_dict())).train()
-    state = _TrainingState(dictionary, DeadFeatureTracker(config.n_layers, config.n_features, cfg.dead_window_tokens))
+    tracker = DeadFeatureTracker(config.n_layers, config.n_features, cfg.dead_window_tokens)
+    state = _TrainingState(dictionary, tracker).to(device)
     optimizer = torch.optim.Adam(dictionary.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
     # no global RNG to restore: init and resampling use seeded generators
     start, saved = resume_run(run_dir, run_config, state, optimizer, "dictionary checkpoint", restore_rng=False)
+    parts = source_parts(source, cfg.data_shards, comm)
     if start == 0 and cfg.normalize_activations:
-        scale_in, scale_out = estimate_scales(source, config, cfg)
+        scale_in, scale_out = estimate_scales(parts, config, cfg, comm)
         dictionary.input_scale.copy_(scale_in)
         dictionary.output_scale.copy_(scale_out)
-    return run_config, state, optimizer, start, saved
+    comm.barrier()  # every process has read the checkpoint before rank 0 may write the next
+    return run_config, _Run(state, optimizer, cfg, comm, device, run_dir), parts, start, saved
 
 
 def train_dictionary(config: DictionaryConfig, source, cfg: DictTrainConfig, run_dir: str | Path,
-                     progress: bool = True, stop_after: int | None = None) -> DictTrainResult:
+                     progress: bool = True, stop_after: int | None = None, comm: Comm | None = None,
+                     device: str | torch.device | None = None) -> DictTrainResult:
     """Train (or resume) a dictionary on an activation source (an :class:`ActivationStore`,
     :class:`LiveActivations` or :class:`TensorActivations`); steps in the module docstring.
-    ``stop_after`` ends the call at that step after a checkpoint, as a kill would."""
+    ``stop_after`` ends the call at that step after a checkpoint, as a kill would. ``comm``: the
+    processes (default: the started torch.distributed group, else this process alone); ``device``:
+    where to train (default: the comm's device, the CPU unless started for CUDA). The returned
+    dictionary is on the CPU."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg = cfg.resolved(config)
-    run_config, state, optimizer, start, saved = _start(config, source, cfg, run_dir)
+    comm = comm or current_comm(device)
+    cfg = cfg.resolved(config, comm.world)
+    run_config, run, parts, start, saved = _start(config, source, cfg, run_dir, comm,
+                                                  torch.device(device) if device else comm.device)
     curves, tokens, elapsed = list(saved["curves"]), int(saved["tokens"]), float(saved["elapsed_s"])
-    hooks = list(dict.fromkeys(config.input_hooks + config.output_hooks))
-    stream = source.minibatches(cfg.batch_size, seed=cfg.seed, start_batch=start, hooks=hooks)
+    stream = _stream(parts, config, cfg, cfg.seed, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
-    bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {config.kind}", unit="step",
-               dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=start, disable=not progress or not comm.is_writer,
+               desc=f"train {config.kind}", unit="step", dynamic_ncols=True)
     t0 = time.perf_counter()
     for step in range(start, end):
-        batch = next(stream)
-        stats = _train_step(state, optimizer, batch, cfg, step, run_dir)
-        tokens += next(iter(batch.values())).shape[0]
+        stats, rows = _train_step(run, next(stream), step)
+        tokens += rows
         done = step + 1
         if done % cfg.log_every == 0 or done == cfg.steps:
             curves += [{"step": done, "tokens": tokens, "metric": k, "value": v} for k, v in stats.items()]
             bar.set_postfix(fvu=f"{stats['fvu']:.3f}", l0=f"{stats['l0']:.1f}", dead=f"{stats['dead_fraction']:.2f}")
-        if done % cfg.checkpoint_every == 0 or done == end:
-            save_checkpoint(run_dir, done, state, optimizer, {
+        if (done % cfg.checkpoint_every == 0 or done == end) and comm.is_writer:
+            save_checkpoint(run_dir, done, run.state, run.optimizer, {
                 "config": run_config, "fingerprint": fingerprint(run_config), "curves": curves, "tokens": tokens,
                 "elapsed_s": elapsed + time.perf_counter() - t0}, keep=cfg.keep_checkpoints)
         bar.update(1)
     bar.close()
     elapsed += time.perf_counter() - t0
-    dictionary = state.dictionary.eval()
-    metrics: dict = {}
-    if end == cfg.steps:
-        metrics = _final_metrics(state, source, cfg, hooks)
-        save_dictionary(run_dir / "dictionary", dictionary, {
-            "metrics": metrics, "train": asdict(cfg), "source": run_config["source"], "steps": end, "tokens": tokens})
+    dictionary = run.state.dictionary.cpu().eval()
+    metrics = _finish(run, source, cfg, run_config, end, tokens) if end == cfg.steps else {}
+    comm.barrier()  # the checkpoint and dictionary are on disk before any process returns
     frame = pd.DataFrame(curves, columns=["step", "tokens", "metric", "value"])
     return DictTrainResult(dictionary, metrics, frame, run_dir, end, tokens, elapsed, resumed_from=start or None)
+
+
+def _finish(run: _Run, source, cfg: DictTrainConfig, run_config: dict, steps: int, tokens: int) -> dict:
+    """Step 7 on rank 0 (metrics on the whole source, the dictionary published); every process gets
+    the metrics."""
+    metrics: dict = {}
+    if run.comm.is_writer:
+        run.state.cpu()
+        metrics = _final_metrics(run.state, source, cfg, list(dict.fromkeys(
+            run.state.dictionary.config.input_hooks + run.state.dictionary.config.output_hooks)))
+        save_dictionary(run.run_dir / "dictionary", run.state.dictionary, {
+            "metrics": metrics, "train": cfg.recorded(), "source": run_config["source"], "steps": steps,
+            "tokens": tokens})
+    return run.comm.broadcast_object(metrics)
 
 
 def _final_metrics(state: _TrainingState, source, cfg: DictTrainConfig, hooks: list[str]) -> dict:
