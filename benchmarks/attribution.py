@@ -8,9 +8,9 @@ and each prompt length (16, 64, 256 tokens), with per-layer TopK transcoders of 
 1. ours: ``attribute(..., batch_size=64)``: one retained forward pass, one backward pass per batch of
    64 target rows (``workbench.attribution.attribute``), plus the bias pass and assembly;
 2. baseline: the same graph computed with ``batch_size=1``, i.e. one backward pass per node row: the
-   straightforward way to get every node's incoming edges. For long prompts the baseline is timed on
-   ``--baseline-rows`` and half as many feature rows, and the per-row cost (the difference) is
-   extrapolated linearly to all rows (said in the output); fixed costs are counted once.
+   straightforward way to get every node's incoming edges, timed on every row (with
+   ``--baseline-rows R`` it is timed on R and R/2 feature rows and the per-row cost extrapolated to all
+   rows, said in the output; fixed costs are counted once).
 
 Each measurement runs in a fresh subprocess so its peak resident memory (``ru_maxrss``) is its own.
 The ratio printed is baseline time / our time (target >= 5x).
@@ -84,8 +84,9 @@ def main() -> None:
     parser.add_argument("--lengths", type=int, nargs="+", default=[16, 64, 256])
     parser.add_argument("--archs", nargs="+", default=["transformer", "rwkv", "mamba"], choices=sorted(ZOO_CONFIGS))
     parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--baseline-rows", type=int, default=512,
-                        help="time the one-pass-per-node baseline on at most this many feature rows, extrapolated")
+    parser.add_argument("--baseline-rows", type=int, default=None,
+                        help="time the one-pass-per-node baseline on at most this many feature rows and "
+                             "extrapolate (default: time it on every row)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -97,7 +98,7 @@ def main() -> None:
     for arch in args.archs:
         for n in args.lengths:
             ours = in_child(arch, n, args.batch_size, None)
-            capped = args.baseline_rows if ours["active_features"] > args.baseline_rows else None
+            capped = args.baseline_rows if args.baseline_rows and ours["active_features"] > args.baseline_rows else None
             base = in_child(arch, n, 1, capped)
             base_seconds, note = base["seconds"], ""
             if capped:

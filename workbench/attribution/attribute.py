@@ -195,11 +195,15 @@ def _assemble(rep, targets, logit_rows, feature_rows, row_of, prompt, token_stri
     n_err, T = rep.n_layers * rep.n_pos, rep.n_pos
     n = n_f + n_err + T + len(targets)
     computed = torch.cat(feature_rows) if feature_rows else logit_rows.new_zeros(0, logit_rows.shape[1])
-    source_cols = torch.tensor(kept + list(range(n_all, n_all + n_err + T)), dtype=torch.long)
     adjacency = torch.zeros(n, n, dtype=torch.float32)
-    if n_f:
-        adjacency[:n_f, : n_f + n_err + T] = computed[[row_of[f] for f in kept]][:, source_cols].float()
-    adjacency[n - len(targets):, : n_f + n_err + T] = logit_rows[:, source_cols].float()
+    if n_f == n_all and all(row_of[f] == f for f in kept):  # every feature, visited in node order: no reindexing
+        adjacency[:n_f, : n_f + n_err + T] = computed
+        adjacency[n - len(targets):, : n_f + n_err + T] = logit_rows
+    else:
+        source_cols = torch.tensor(kept + list(range(n_all, n_all + n_err + T)), dtype=torch.long)
+        if n_f:
+            adjacency[:n_f, : n_f + n_err + T] = computed[[row_of[f] for f in kept]][:, source_cols].float()
+        adjacency[n - len(targets):, : n_f + n_err + T] = logit_rows[:, source_cols].float()
     features = rep.active_features[kept]
     feature_bias, logit_bias = _bias_terms(rep, targets, features)
     final = rep.final[-1]
