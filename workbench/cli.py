@@ -148,6 +148,7 @@ def zoo_dicts(
     only: Annotated[list[str] | None, typer.Option("--only", help="Only these zoo models.")] = None,
     recipe: Annotated[list[str] | None, typer.Option("--recipe", help="transcoders and/or clt (default both).")] = None,
     force: Annotated[bool, typer.Option(help="Retrain dictionaries already present.")] = False,
+    rescore: Annotated[bool, typer.Option(help="Re-score the graphs of dictionaries already present.")] = False,
     progress: ProgressOpt = True,
     models: ModelsOpt = None,
     artifacts: ArtifactsOpt = None,
@@ -161,7 +162,7 @@ def zoo_dicts(
     models_dir = models_root(models)
     folders = [models_dir / n for n in only] if only else sorted(p.parent for p in models_dir.glob("*/card.json"))
     for folder in folders:
-        build_model_dictionaries(folder, Catalog(artifacts), recipe, force, progress, log=typer.echo)
+        build_model_dictionaries(folder, Catalog(artifacts), recipe, force, progress, log=typer.echo, rescore=rescore)
         write_zoo_readme(models_dir)
     typer.echo(zoo_table(models_dir))
 

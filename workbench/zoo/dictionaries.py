@@ -31,6 +31,7 @@ from workbench.dictionaries.jobs import bundle_task, train_set, write_features
 from workbench.store.atomic import atomic_write_json, publish_dir, read_json, staging_dir
 from workbench.store.catalog import Catalog
 from workbench.store.model_files import ModelBundle, load_model_folder
+from workbench.zoo.build import task_from_spec
 
 COMMON = {"activation": "topk", "k": 16, "n_features": 512, "steps": 1500, "batch_size": 1024, "lr": 1e-3,
           "n_sequences": 2048}
@@ -52,8 +53,10 @@ def _publish(scratch: Path, final: Path) -> None:
 
 
 def graph_prompts(bundle: ModelBundle, n: int = N_GRAPH_PROMPTS, seed: int = 4321) -> list[torch.Tensor]:
-    """Test rows cut just before their last target token (the answer of an algorithmic task)."""
-    batch = bundle_task(bundle).sample("test", n, seed)
+    """Test rows of the task the card is measured on (``eval_task``, else ``task``), cut just before
+    their last target token (the answer of an algorithmic task)."""
+    spec = bundle.card.get("eval_task") or bundle.card.get("task")
+    batch = (task_from_spec(spec) if spec else bundle_task(bundle)).sample("test", n, seed)
     prompts = []
     for tokens, mask in zip(batch.tokens, batch.loss_mask, strict=True):
         last = int(mask.nonzero().flatten()[-1])
@@ -88,8 +91,9 @@ def card_entry(recipe: dict, meta: dict, graphs: dict) -> dict:
 
 
 def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list[str] | None = None,
-                             force: bool = False, progress: bool = True, log=print) -> dict:
-    """Steps 1-3 for one zoo model; recipes already published are skipped unless ``force``."""
+                             force: bool = False, progress: bool = True, log=print, rescore: bool = False) -> dict:
+    """Steps 1-3 for one zoo model; recipes already published are skipped unless ``force`` (or only
+    re-scored, step 3, with ``rescore``)."""
     bundle = load_model_folder(model_folder)
     card_path = Path(model_folder) / "card.json"
     for name in recipes or list(RECIPES):
@@ -98,7 +102,12 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
         final = Path(model_folder) / "dictionaries" / name
         card = read_json(card_path)
         if (final / SET_FILE).is_file() and name in card.get("dictionaries", {}) and not force:
-            log(f"{bundle.name}/{name}: present, skipped")
+            if rescore:
+                log(f"{bundle.name}/{name}: re-scoring graphs on {N_GRAPH_PROMPTS} test prompts")
+                card["dictionaries"][name]["graphs"] = score_graphs(bundle, final)
+                atomic_write_json(card_path, card)
+            else:
+                log(f"{bundle.name}/{name}: present, skipped")
             continue
         r = RECIPES[name]
         scratch = catalog.root / "zoo-dictionaries" / bundle.name / name
