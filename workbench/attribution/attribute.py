@@ -19,7 +19,8 @@ Algorithm (one prompt; ``replacement.py`` builds the linear model, ``targets.py`
    batches), and the graph keeps only visited features.
 6. Bias terms: one more forward pass with every source zeroed (embeddings 0, writes = decoder biases
    only) gives each target's constant part, so ``row.sum() + bias == value`` can be checked; the
-   largest relative deviation is stored in the metadata (``identity_error``), and a model that is not
+   largest deviation, relative to the sum of the terms' magnitudes, is stored in the metadata
+   (``identity_error``), and a model that is not
    exactly linear once frozen (``identity_error`` above ``APPROXIMATE_ABOVE`` or a model that declares
    ``linearization_note``) is marked approximate with the reason: its edges are gradient x input.
 """
@@ -216,8 +217,10 @@ def _assemble(rep, targets, logit_rows, feature_rows, row_of, prompt, token_stri
     bias[:n_f] = feature_bias.float()
     bias[n - len(targets):] = logit_bias.float()
     rows = torch.cat([torch.arange(n_f), torch.arange(n - len(targets), n)])
+    # relative to the size of the summed terms: float32 rounding grows with them, not with the value
     deviation = (adjacency[rows].double().sum(1) + bias[rows] - values[rows]).abs()
-    identity_error = float((deviation / values[rows].abs().clamp_min(1e-6)).max()) if len(rows) else 0.0
+    magnitude = adjacency[rows].double().abs().sum(1) + bias[rows].double().abs()
+    identity_error = float((deviation / magnitude.clamp_min(1e-12)).max()) if len(rows) else 0.0
     note = getattr(model, "linearization_note", None)
     approximate = bool(note) or identity_error > APPROXIMATE_ABOVE
     meta = {"architecture": type(model).__name__, "n_layers": rep.n_layers, "vocab_size": int(rep.W_U.shape[1]), "n_active_features": n_all,
