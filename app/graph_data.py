@@ -1,0 +1,313 @@
+"""What the Attribution graph page draws, as plain data (numpy, no streamlit): the drawn part of a graph
+(:class:`GraphView`) from our :class:`Graph` and its pruning, or from a graph file's nodes and links
+(circuit-tracer / Neuronpedia files without our fields); the draw budget; a node's strongest inputs and
+outputs; pinned subgraphs with supernodes merged; the JSON document the page offers for download.
+
+Node ids are the graph files' (``{layer}_{feature}_{pos}``, ``{layer}_-1_{pos}``, ``E_{token}_{pos}``,
+``{n_layers + 1}_{token}_{last pos}``: graph_file's module docstring), so pins and supernodes picked here
+are the ``qParams`` of the downloaded file and of the viewers that open it.
+
+Rows of the layered view: tokens 0, features and errors of layer ``l`` at ``l + 1``, logits on top.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from workbench.attribution.graph import Graph
+from workbench.attribution.graph_file import GraphFile, feature_address, graph_to_json, validate_graph_json
+from workbench.attribution.prune_sparse import Edges, SparsePruned
+
+DRAW_NODES, DRAW_EDGES = 1500, 20_000  # above these the view keeps the most influential / strongest
+
+
+@dataclass
+class GraphView:
+    """Drawn nodes (in node order) and the edges between them (indices into the nodes)."""
+
+    ids: list[str]
+    kinds: list[str]  # feature, error, token, logit, other
+    labels: list[str]
+    row: np.ndarray  # int: 0 tokens, layer + 1, n_layers + 1 logits
+    pos: np.ndarray  # int token position
+    value: np.ndarray  # float: activation of a feature, value of other nodes; NaN when unknown
+    influence: np.ndarray  # float: cumulative influence (the files' field); NaN when unknown
+    address: list[tuple[int, int] | None]  # (layer, feature index) of each feature
+    source: np.ndarray  # [n_edges] int
+    target: np.ndarray  # [n_edges] int
+    weight: np.ndarray  # [n_edges] float
+    tokens: list[str]
+    n_rows: int
+    graph_index: np.ndarray | None = None  # index of each node in the Graph, when there is one
+    notes: list[str] = field(default_factory=list)  # what the draw budget left out
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def index_of(self) -> dict[str, int]:
+        return {node_id: i for i, node_id in enumerate(self.ids)}
+
+
+# ---- from our Graph ---------------------------------------------------------------------------------
+
+def node_id(graph: Graph, i: int) -> str:
+    """Node ``i``'s id in graph_file's scheme (custom logit directions: vocab_size + k, else -(k + 1))."""
+    kind = graph.node_kind(i)
+    if kind == "feature":
+        layer, pos, feat = (int(v) for v in graph.active_features[i])
+        return f"{layer}_{feat}_{pos}"
+    if kind == "error":
+        layer, pos = divmod(i - graph.error_start, graph.n_pos)
+        return f"{layer}_-1_{pos}"
+    if kind == "token":
+        pos = i - graph.token_start
+        return f"E_{int(graph.input_tokens[pos])}_{pos}"
+    k = i - graph.logit_start
+    vocab = int(graph.logit_tokens[k])
+    if vocab < 0:
+        size = graph.metadata.get("vocab_size") or graph.metadata.get("d_vocab")
+        vocab = size + k if size else -(k + 1)
+    return f"{graph.n_layers + 1}_{vocab}_{graph.n_pos - 1}"
+
+
+def _graph_node(graph: Graph, i: int) -> tuple[str, int, int, float, tuple[int, int] | None]:
+    """(kind, row, position, value, feature address) of node ``i``."""
+    kind = graph.node_kind(i)
+    if kind == "feature":
+        layer, pos, feat = (int(v) for v in graph.active_features[i])
+        return kind, layer + 1, pos, float(graph.activations[i]), (layer, feat)
+    if kind == "error":
+        layer, pos = divmod(i - graph.error_start, graph.n_pos)
+        return kind, layer + 1, pos, float(graph.values[i]), None
+    if kind == "token":
+        return kind, 0, i - graph.token_start, math.nan, None
+    return kind, graph.n_layers + 1, graph.n_pos - 1, float(graph.values[i]), None
+
+
+def cap_to_budget(graph: Graph, pruned: SparsePruned, max_nodes: int = DRAW_NODES,
+                  max_edges: int = DRAW_EDGES) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """(node mask, edge mask over ``pruned.edges``, notes): the pruned graph, or, when it is still too
+    big to draw, its most influential nodes (tokens and logits always) and strongest edges."""
+    node_mask, edge_keep, notes = pruned.node_mask.clone(), pruned.edge_keep.clone(), []
+    if int(node_mask.sum()) > max_nodes:
+        inner = node_mask.clone()
+        inner[graph.token_start:] = False
+        room = max(max_nodes - (graph.n_nodes - graph.token_start), 0)
+        ranked = torch.argsort(torch.where(inner, pruned.node_influence, -math.inf), descending=True)
+        node_mask[:graph.token_start] = False
+        node_mask[ranked[:room]] = True
+        notes.append(f"The pruned graph has {int(pruned.node_mask.sum()):,} nodes, more than the {max_nodes:,} "
+                     f"drawn: showing its {room:,} most influential features and errors with every token and "
+                     "logit. Lower the node threshold to draw a smaller graph.")
+    edges = pruned.edges
+    edge_keep &= node_mask[edges.target] & node_mask[edges.source]
+    if int(edge_keep.sum()) > max_edges:
+        strength = torch.where(edge_keep, edges.weight.abs(), -1.0)
+        edge_keep = torch.zeros_like(edge_keep)
+        edge_keep[torch.topk(strength, max_edges).indices] = True
+        notes.append(f"Drawing the {max_edges:,} strongest of the kept edges; lower the edge threshold to "
+                     "draw fewer.")
+    return node_mask, edge_keep, notes
+
+
+def view_from_graph(graph: Graph, pruned: SparsePruned, node_mask: torch.Tensor, edge_keep: torch.Tensor,
+                    notes: list[str] | None = None) -> GraphView:
+    """The nodes ``node_mask`` keeps and the edges ``edge_keep`` keeps between them."""
+    kept = node_mask.nonzero().flatten()
+    nodes = [_graph_node(graph, int(i)) for i in kept]
+    position = torch.full((graph.n_nodes,), -1, dtype=torch.long)
+    position[kept] = torch.arange(len(kept))
+    edges: Edges = pruned.edges
+    keep = edge_keep & node_mask[edges.target] & node_mask[edges.source]
+    return GraphView(
+        ids=[node_id(graph, int(i)) for i in kept], kinds=[n[0] for n in nodes],
+        labels=[graph.node_label(int(i)) for i in kept],
+        row=np.array([n[1] for n in nodes], dtype=int), pos=np.array([n[2] for n in nodes], dtype=int),
+        value=np.array([n[3] for n in nodes], dtype=float),
+        influence=pruned.cumulative[kept].double().numpy(), address=[n[4] for n in nodes],
+        source=position[edges.source[keep]].numpy(), target=position[edges.target[keep]].numpy(),
+        weight=edges.weight[keep].double().numpy(), tokens=list(graph.token_strings), n_rows=graph.n_layers + 2,
+        graph_index=kept.numpy(), notes=list(notes or []))
+
+
+def strongest(graph: Graph, edges: Edges, node: int, incoming: bool, k: int = 10) -> list[tuple[int, float]]:
+    """The ``k`` strongest (by |weight|) inputs (``incoming``) or outputs of Graph node ``node``:
+    (other node's index, weight), from the whole graph."""
+    mine = (edges.target if incoming else edges.source) == node
+    others, weights = (edges.source if incoming else edges.target)[mine], edges.weight[mine]
+    order = torch.argsort(weights.abs(), descending=True)[:k]
+    return [(int(others[j]), float(weights[j])) for j in order]
+
+
+# ---- from a graph file's nodes and links -------------------------------------------------------------
+
+def _file_row(node: dict, kind: str, logit_row: int) -> int:
+    layer = str(node.get("layer", "0"))
+    if kind == "token" or not layer.lstrip("-").isdigit():
+        return 0 if kind != "logit" else logit_row
+    return int(layer) if kind == "logit" else int(layer) + 1
+
+
+def _file_label(node: dict, kind: str, tokens: list[str], schema: int | None) -> str:
+    pos = int(node["ctx_idx"])
+    token = repr(tokens[pos]) if 0 <= pos < len(tokens) else "?"
+    clerp = str(node.get("clerp") or "")
+    if kind == "feature":
+        layer, _, feat = feature_address(node, schema)
+        base = f"L{layer} F{feat} @{pos} {token}"
+    elif kind == "error":
+        base = f"L{node.get('layer')} error @{pos} {token}"
+    elif kind == "token":
+        base = f"token {token} @{pos}"
+    else:
+        base = clerp or f"{kind} {node['node_id']}"
+        clerp = ""
+    return f"{base} · {clerp}" if clerp else base
+
+
+def _number(value) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+
+
+def file_keeps(gf: GraphFile, node_threshold: float, edge_threshold: float) -> tuple[list[int], list[int]]:
+    """(kept node positions, kept link positions): nodes whose ``influence`` is at most the threshold
+    (the viewers' slider; tokens, logits and nodes without one stay), and the strongest links between
+    them holding ``edge_threshold`` of their total |weight|."""
+    nodes = [i for i, node in enumerate(gf.nodes)
+             if gf.kind(node) in ("token", "logit") or node.get("influence") is None
+             or float(node["influence"]) <= node_threshold]
+    kept, index = set(nodes), gf.index_of
+    links = [j for j, link in enumerate(gf.links) if index[link["source"]] in kept and index[link["target"]] in kept]
+    strength = np.array([abs(float(gf.links[j]["weight"])) for j in links])
+    if len(links) and edge_threshold < 1:
+        order = np.argsort(-strength, kind="stable")
+        share = np.cumsum(strength[order]) / max(strength.sum(), 1e-30)
+        links = sorted(links[j] for j in order[: int(np.searchsorted(share, edge_threshold)) + 1])
+    return nodes, links
+
+
+def view_from_file(gf: GraphFile, node_threshold: float = 1.0, edge_threshold: float = 1.0) -> GraphView:
+    """The file's nodes and links (as :func:`file_keeps` selects them), drawn as they are."""
+    meta = gf.metadata
+    tokens, schema = [str(t) for t in meta.get("prompt_tokens", [])], meta.get("schema_version")
+    keep, links = file_keeps(gf, node_threshold, edge_threshold)
+    nodes = [gf.nodes[i] for i in keep]
+    kinds = [gf.kind(node) for node in nodes]
+    layers = [int(n["layer"]) for n, k in zip(nodes, kinds) if k in ("feature", "error")
+              and str(n["layer"]).lstrip("-").isdigit()]
+    logit_row = max(layers, default=-1) + 2
+    rows = [_file_row(node, kind, logit_row) for node, kind in zip(nodes, kinds)]
+    position = {gf.nodes[i]["node_id"]: j for j, i in enumerate(keep)}
+    return GraphView(
+        ids=[n["node_id"] for n in nodes], kinds=kinds,
+        labels=[_file_label(n, k, tokens, schema) for n, k in zip(nodes, kinds)],
+        row=np.array(rows, dtype=int), pos=np.array([int(n["ctx_idx"]) for n in nodes], dtype=int),
+        value=np.array([_number(n.get("activation" if k != "logit" else "token_prob")) for n, k in zip(nodes, kinds)]),
+        influence=np.array([_number(n.get("influence")) for n in nodes]),
+        address=[feature_address(n, schema)[::2] if k == "feature" else None for n, k in zip(nodes, kinds)],
+        source=np.array([position[gf.links[j]["source"]] for j in links], dtype=int),
+        target=np.array([position[gf.links[j]["target"]] for j in links], dtype=int),
+        weight=np.array([float(gf.links[j]["weight"]) for j in links]), tokens=tokens,
+        n_rows=max(max(rows, default=0) + 1, 2))
+
+
+def view_edges(view: GraphView, node: int, incoming: bool, k: int = 10) -> list[tuple[int, float]]:
+    """:func:`strongest` within the view: (view index of the other node, weight)."""
+    mine = (view.target if incoming else view.source) == node
+    others, weights = (view.source if incoming else view.target)[mine], view.weight[mine]
+    order = np.argsort(-np.abs(weights), kind="stable")[:k]
+    return [(int(others[j]), float(weights[j])) for j in order]
+
+
+# ---- pinned subgraphs and supernodes ----------------------------------------------------------------
+
+def subview(view: GraphView, keep: list[int]) -> GraphView:
+    """The nodes at ``keep`` (view indices) and the view's edges between them."""
+    keep = sorted(set(keep))
+    position = np.full(len(view), -1)
+    position[keep] = np.arange(len(keep))
+    edge = (position[view.source] >= 0) & (position[view.target] >= 0)
+    pick = lambda values: [values[i] for i in keep]
+    return replace(view, ids=pick(view.ids), kinds=pick(view.kinds), labels=pick(view.labels),
+                   row=view.row[keep], pos=view.pos[keep], value=view.value[keep], influence=view.influence[keep],
+                   address=pick(view.address), source=position[view.source[edge]],
+                   target=position[view.target[edge]], weight=view.weight[edge],
+                   graph_index=None if view.graph_index is None else view.graph_index[keep], notes=[])
+
+
+def merge_supernodes(view: GraphView, supernodes: list[list[str]]) -> GraphView:
+    """Each supernode (``[name, node_id, ...]``) drawn as one node at its members' mean place, with their
+    summed edges (edges inside a supernode vanish); a node in two supernodes joins the first."""
+    index, group = view.index_of, np.arange(len(view))
+    names, taken = {}, set()
+    for name, *members in supernodes:
+        found = sorted({index[m] for m in members if m in index} - taken)
+        if found:
+            group[found] = found[0]
+            names[found[0]] = str(name)
+            taken.update(found)
+    heads = sorted(set(group.tolist()))
+    position = {h: j for j, h in enumerate(heads)}
+    members = {h: np.nonzero(group == h)[0] for h in heads}
+    src = np.array([position[g] for g in group[view.source]], dtype=int)
+    tgt = np.array([position[g] for g in group[view.target]], dtype=int)
+    pairs: dict[tuple[int, int], float] = {}
+    for s, t, w in zip(src, tgt, view.weight):
+        if s != t:
+            pairs[(s, t)] = pairs.get((s, t), 0.0) + float(w)
+    merged = replace(subview(view, heads), source=np.array([p[0] for p in pairs], dtype=int),
+                     target=np.array([p[1] for p in pairs], dtype=int), weight=np.array(list(pairs.values())))
+    for h, j in position.items():
+        if h in names:
+            merged.labels[j] = f"{names[h]} (supernode of {len(members[h])})"
+            merged.kinds[j] = "supernode"
+            merged.pos[j] = round(float(view.pos[members[h]].mean()))
+            merged.row[j] = round(float(view.row[members[h]].mean()))
+    return merged
+
+
+# ---- the download -----------------------------------------------------------------------------------
+
+def view_state(view: GraphView, pins: list[str], supernodes: list[list[str]], clicked: str | None) -> dict:
+    """The viewers' ``qParams`` for what is on screen (ids not drawn are left out)."""
+    drawn = set(view.ids)
+    groups = [[str(name), *[m for m in members if m in drawn]] for name, *members in supernodes]
+    return {"pinnedIds": [p for p in pins if p in drawn], "supernodes": [g for g in groups if len(g) > 1],
+            "clickedId": clicked if clicked in drawn else ""}
+
+
+def graph_document(graph: Graph, pruned: SparsePruned, node_mask: torch.Tensor, edge_keep: torch.Tensor,
+                   state: dict, slug: str, node_threshold: float) -> dict:
+    """The drawn graph as a circuit-tracer / Neuronpedia file with the page's pins and supernodes."""
+    edge_mask = torch.zeros(graph.n_nodes, graph.n_nodes, dtype=torch.bool)
+    edges = pruned.edges
+    edge_mask[edges.target[edge_keep], edges.source[edge_keep]] = True
+    doc = graph_to_json(graph, node_mask, edge_mask, slug=slug, influence=pruned.cumulative,
+                        node_threshold=node_threshold, scan=str(graph.metadata.get("model", "workbench")))
+    return _with_state(doc, state)
+
+
+def file_document(gf: GraphFile, view: GraphView, state: dict) -> dict:
+    """An imported file cut to the drawn nodes and links, with the page's pins and supernodes."""
+    drawn = set(view.ids)
+    nodes = [node for node in gf.nodes if node["node_id"] in drawn]
+    links = [link for link in gf.links if link["source"] in drawn and link["target"] in drawn]
+    pairs = {(view.ids[s], view.ids[t]) for s, t in zip(view.source, view.target)}
+    links = [link for link in links if (link["source"], link["target"]) in pairs]
+    return _with_state({**gf.to_dict(), "nodes": nodes, "links": links}, state)
+
+
+def _with_state(doc: dict, state: dict) -> dict:
+    ids = {node["node_id"] for node in doc["nodes"]}  # a file drops nodes left without links
+    state = {**state, "pinnedIds": [p for p in state["pinnedIds"] if p in ids],
+             "supernodes": [[g[0], *[m for m in g[1:] if m in ids]] for g in state["supernodes"]],
+             "clickedId": state["clickedId"] if state["clickedId"] in ids else ""}
+    state["supernodes"] = [g for g in state["supernodes"] if len(g) > 1]
+    doc = {**doc, "qParams": {**doc.get("qParams", {}), **state}}
+    validate_graph_json(doc, "the downloaded graph")
+    return doc

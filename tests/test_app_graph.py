@@ -1,0 +1,298 @@
+"""The Attribution graph page under AppTest: an empty store, a catalogued graph (node panel, feature
+panel, scores, pins, supernodes), a graph built from a prompt, an imported circuit-tracer file, labels
+from files kept as text, missing and damaged graphs, paths outside the artifacts root, and a
+10,000-node graph that is pruned and capped, never drawn whole. Plus the page's data functions."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from graph_fixtures import save_graph, synthetic_graph, tiny_zoo
+from streamlit.testing.v1 import AppTest
+
+APP = Path(__file__).resolve().parents[1] / "app"
+PAGE = str(APP / "pages" / "3_Attribution_graph.py")
+FIXTURE = Path(__file__).parent / "fixtures" / "circuit_tracer_graph.json"
+SCRIPT = "<script>alert(1)</script>"
+TIMEOUT = 60
+
+
+def run(timeout: float = TIMEOUT) -> AppTest:
+    at = AppTest.from_file(PAGE, default_timeout=timeout).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def bodies(at: AppTest) -> list[str]:
+    """Every string an element could render as markdown or HTML."""
+    kinds = ("markdown", "caption", "title", "header", "subheader", "info", "warning", "error", "success")
+    return [el.value for kind in kinds for el in getattr(at, kind)] + [el.proto.body for el in at.get("html")]
+
+
+def figures(at: AppTest) -> list[dict]:
+    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+
+
+def drawn_points(figure: dict) -> int:
+    """Nodes in a graph figure: the marker traces' points, less the pinned / selected rings."""
+    return sum(len(t["customdata"]) for t in figure["data"] if t.get("mode") == "markers" and t.get("name") not in
+               ("pinned", "selected"))
+
+
+@pytest.fixture
+def app_modules(monkeypatch):
+    monkeypatch.syspath_prepend(str(APP))
+    import graph_data
+
+    return graph_data
+
+
+@pytest.fixture
+def zoo_graph(tmp_path):
+    """The tiny zoo (model, transcoders with feature data) and one graph built from it, catalogued."""
+    from workbench.attribution.jobs import build_graph
+    from workbench.store.catalog import Catalog
+
+    bundle, folder, prompt = tiny_zoo(tmp_path / "models")
+    # untrained transcoders explain little: 0.99 keeps some features (0.8 keeps none)
+    summary = build_graph(bundle, folder, prompt, node_threshold=0.99, catalog=Catalog(), progress=False)
+    return bundle, folder, prompt, summary
+
+
+def test_empty_store():
+    at = run()
+    assert "No graphs in the catalog" in at.info[0].value and "wb graph" in at.info[0].value
+    at.radio(key="graph_source").set_value("Build from a prompt").run()
+    assert "No models" in at.info[0].value and "wb zoo build" in at.info[0].value
+    at.radio(key="graph_source").set_value("Import a file").run()
+    assert "Upload a graph file" in at.info[0].value
+    assert not at.exception
+
+
+def drawn_view(name: str, node_threshold: float = 0.8, edge_threshold: float = 0.98):
+    """The view the page draws for catalogued graph ``name`` at these thresholds (its node ids)."""
+    import graph_data
+
+    from workbench.attribution.graph import Graph
+    from workbench.attribution.prune_sparse import prune_graph_sparse
+    from workbench.store.catalog import Catalog
+
+    graph = Graph.load(Catalog().get("graph", name)["path"])
+    pruned = prune_graph_sparse(graph, node_threshold, edge_threshold)
+    return graph_data.view_from_graph(graph, pruned, *graph_data.cap_to_budget(graph, pruned))
+
+
+def test_saved_graph_node_panel_scores_pins_and_supernodes(zoo_graph, app_modules):
+    *_, summary = zoo_graph
+    at = run()
+    labels = [m.label for m in at.metric]
+    assert labels[:4] == ["Replacement", "Completeness", "Replacement (pruned)", "Completeness (pruned)"]
+    assert float(at.metric[0].value) == pytest.approx(summary["replacement_score"], abs=2e-3)
+    assert float(at.metric[3].value) == pytest.approx(summary["pruned_completeness_score"], abs=2e-3)
+    assert at.subheader[0].value == "Logit node"  # the top logit is selected first
+    assert len(figures(at)) == 1 and drawn_points(figures(at)[0]) == summary["pruned_nodes"]
+
+    view = drawn_view(summary["name"], 0.99)
+    ids = view.ids
+    node_id = ids[view.kinds.index("feature")]
+    at.selectbox(key="graph_node").set_value(node_id).run()
+    assert not at.exception and at.subheader[0].value == "Feature node"
+    layer, feat, _ = node_id.split("_")
+    assert any(s.value == f"Feature {feat} · layer {layer}" for s in at.subheader), "the feature panel"
+    inputs = at.dataframe[0].value
+    assert list(inputs.columns) == ["node", "kind", "weight", "drawn"] and len(inputs) >= 1
+    assert (inputs["weight"].abs().diff().dropna() <= 1e-9).all()  # strongest first
+
+    at.button(key="graph_pin_toggle").click().run()  # pin the selected node from its panel
+    assert at.multiselect(key="graph_pins").value == [node_id]
+    at.button(key="graph_pin_toggle").click().run()
+    assert at.multiselect(key="graph_pins").value == []
+    at.multiselect(key="graph_pins").set_value(ids[:2]).run()
+    assert drawn_points(figures(at)[-1]) == 2  # the pinned subgraph (after the feature histogram)
+    at.text_input(key="graph_supernode_name").input("first two").run()
+    at.multiselect(key="graph_supernode_members").set_value(ids[:2]).run()
+    at.button(key="graph_supernode_add").click().run()
+    assert not at.exception
+    assert any(t.value.startswith("first two: ") for t in at.text)
+    sub = figures(at)[-1]
+    assert any(t.get("name") == "supernodes" for t in sub["data"]) and drawn_points(sub) == 1
+    assert at.get("download_button")[0].label == "Download graph JSON"
+    at.button(key="graph_supernode_remove_0").click().run()
+    assert not any(t.value.startswith("first two: ") for t in at.text)
+
+
+def test_build_from_a_prompt(tmp_path):
+    from workbench.store.catalog import Catalog
+
+    _, _, prompt = tiny_zoo(tmp_path / "models", with_features=False)
+    at = run()
+    at.radio(key="graph_source").set_value("Build from a prompt").run()
+    assert at.text_input(key="graph_prompt").value == prompt  # a test row of the model's task
+    assert any("Vocabulary" in c.value for c in at.caption)
+    at.text_input(key="graph_prompt").input("zebra").run()
+    at.button(key="graph_build").click().run()
+    assert "unknown token" in at.error[0].value and not Catalog().list("graph")
+    at.text_input(key="graph_prompt").input(prompt).run()
+    start = time.perf_counter()
+    at.button(key="graph_build").click().run(timeout=120)
+    print(f"built through the page in {time.perf_counter() - start:.1f} s")
+    assert not at.exception
+    [entry] = Catalog().list("graph")
+    assert at.header[0].value.startswith("Graph tiny") and entry["name"].startswith("tiny-recall-transcoders-")
+    assert [m.label for m in at.metric][:2] == ["Replacement", "Completeness"]
+    assert drawn_points(figures(at)[0]) > 0
+    assert any("no feature data yet" in i.value for i in at.info) or not any(
+        s.value == "Feature node" for s in at.subheader)
+
+
+def test_built_graph_names_stay_in_the_graphs_folder(app_modules):
+    import graph_sources
+
+    assert graph_sources.graph_name("../../etc", "clt", "<bos> a > 1 ?") == "etc-clt-bos-a-1"
+    assert graph_sources.graph_name("m/x", "s", "") == "m-x-s-graph"
+
+
+def test_imported_circuit_tracer_file(app_modules):
+    from workbench.store.catalog import artifacts_root
+
+    target = artifacts_root() / "imports" / "ct.json"
+    target.parent.mkdir(parents=True)
+    shutil.copy(FIXTURE, target)
+    at = run()
+    at.radio(key="graph_source").set_value("Import a file").run()
+    at.text_input(key="graph_import_path").input("imports/ct.json").run()
+    assert not at.exception
+    assert at.header[0].value.startswith("Graph dallas")
+    assert any("imported file" in c.value for c in at.caption)
+    doc = json.loads(FIXTURE.read_text())
+    assert drawn_points(figures(at)[0]) == len(doc["nodes"])
+    assert at.multiselect(key="graph_pins").value == doc["qParams"]["pinnedIds"]  # the file's pins and supernode
+    assert any(t.value.startswith("Texas: ") for t in at.text)
+    at.selectbox(key="graph_node").set_value("1_77_3").run()
+    assert at.subheader[0].value == "Feature node" and any("Feature 77 of layer 1" in t.value for t in at.text)
+
+    at.text_input(key="graph_import_path").input("../../etc/passwd").run()
+    assert "outside the artifacts root" in at.error[0].value
+    at.text_input(key="graph_import_path").input("imports/none.json").run()
+    assert "No graph file" in at.error[0].value
+
+
+def test_labels_from_files_are_text(app_modules):
+    from workbench.store.catalog import artifacts_root
+
+    save_graph(synthetic_graph(300, token_label=SCRIPT), f"evil{SCRIPT}")
+    doc = json.loads(FIXTURE.read_text())
+    doc["nodes"][0]["clerp"] = SCRIPT
+    doc["metadata"]["slug"] = f"x{SCRIPT}"
+    doc["metadata"]["prompt_tokens"][1] = SCRIPT
+    (artifacts_root() / "evil.json").write_text(json.dumps(doc))
+    at = run()
+    ids = drawn_view(f"evil{SCRIPT}").ids
+    token = next(i for i in ids if i.startswith("E_") and i.endswith("_1"))
+    at.selectbox(key="graph_node").set_value(token).run()
+    at.multiselect(key="graph_pins").set_value([token]).run()
+    _assert_escaped(at)
+    at.radio(key="graph_source").set_value("Import a file").run()
+    at.text_input(key="graph_import_path").input("evil.json").run()
+    at.selectbox(key="graph_node").set_value(doc["nodes"][0]["node_id"]).run()
+    _assert_escaped(at)
+
+
+def _assert_escaped(at: AppTest) -> None:
+    assert not at.exception
+    assert any(SCRIPT in t.value for t in at.text), "the label is shown verbatim, as text"
+    for body in bodies(at):
+        assert "<script>" not in body
+    for chart in at.get("plotly_chart"):
+        assert "<script>" not in chart.proto.spec and "&lt;script&gt;" in chart.proto.spec
+
+
+def test_a_10k_node_graph_is_pruned_and_capped(app_modules):
+    graph = synthetic_graph(10_000)
+    save_graph(graph, "big")
+    start = time.perf_counter()
+    at = run()
+    first = time.perf_counter() - start
+    points = drawn_points(figures(at)[0])
+    assert 0 < points <= app_modules.DRAW_NODES
+    at.slider(key="graph_node_threshold").set_value(1.0).run()
+    at.slider(key="graph_edge_threshold").set_value(1.0).run()  # keeps 1,647 nodes: over the draw budget
+    assert not at.exception
+    assert any("most influential" in w.value for w in at.warning)
+    assert drawn_points(figures(at)[0]) == app_modules.DRAW_NODES
+    print(f"10k-node graph: first render {first:.1f} s, {points} nodes drawn")
+
+
+def test_missing_damaged_and_outside_graphs(tmp_path):
+    from workbench.store.catalog import Catalog
+
+    folder = save_graph(synthetic_graph(200), "gone")
+    shutil.rmtree(folder)
+    at = run()
+    assert "missing" in at.error[0].value and "wb graph" in at.error[0].value
+    folder = save_graph(synthetic_graph(200), "hurt")
+    (folder / "graph.json").write_text("{not json")
+    at = run()
+    at.selectbox(key="graph_pick").set_value(1).run()
+    assert "damaged" in at.warning[0].value
+    outside = tmp_path / "elsewhere"
+    synthetic_graph(200).save(outside)
+    Catalog().register("graph", "aaa-outside", outside, {})
+    at = run()
+    assert "outside the artifacts root" in at.error[0].value
+
+
+# ---- the page's data functions -----------------------------------------------------------------------
+
+def test_supernodes_merge_and_the_download_carries_pins_and_supernodes(app_modules):
+    from workbench.attribution.graph_file import GraphFile
+    from workbench.attribution.prune_sparse import prune_graph_sparse
+
+    gd = app_modules
+    graph = synthetic_graph(400, seed=3)
+    pruned = prune_graph_sparse(graph)
+    node_mask, edge_keep, notes = gd.cap_to_budget(graph, pruned)
+    view = gd.view_from_graph(graph, pruned, node_mask, edge_keep, notes)
+    assert len(view) == pruned.n_nodes and len(view.weight) == pruned.n_edges and not notes
+    feats = [i for i, k in enumerate(view.kinds) if k == "feature"][:3]
+    group = ["trio", *[view.ids[i] for i in feats]]
+    merged = gd.merge_supernodes(view, [group])
+    assert len(merged) == len(view) - 2 and merged.kinds.count("supernode") == 1
+    inside = np.isin(view.source, feats) & np.isin(view.target, feats)
+    assert merged.weight.sum() == pytest.approx(view.weight[~inside].sum(), rel=1e-6)
+
+    state = gd.view_state(view, [view.ids[feats[0]], "not-drawn"], [group], view.ids[-1])
+    doc = gd.graph_document(graph, pruned, node_mask, edge_keep, state, "syn", 0.8)
+    assert doc["qParams"]["pinnedIds"] == [view.ids[feats[0]]] and doc["qParams"]["supernodes"] == [group]
+    assert doc["qParams"]["clickedId"] == view.ids[-1]
+    assert {n["node_id"] for n in doc["nodes"]} == set(view.ids) and len(doc["links"]) == len(view.weight)
+    gf = GraphFile.from_dict(json.loads(FIXTURE.read_text()))
+    file_view = gd.view_from_file(gf)
+    file_doc = gd.file_document(gf, file_view, gd.view_state(file_view, ["1_77_3"], [], None))
+    assert len(file_doc["nodes"]) == len(gf.nodes) and file_doc["qParams"]["pinnedIds"] == ["1_77_3"]
+
+
+def test_file_thresholds_keep_the_viewers_nodes(app_modules):
+    from workbench.attribution.graph_file import GraphFile
+
+    gf = GraphFile.from_dict(json.loads(FIXTURE.read_text()))
+    nodes, _ = app_modules.file_keeps(gf, 0.5, 1.0)
+    for i in nodes:
+        node = gf.nodes[i]
+        assert gf.kind(node) in ("token", "logit") or node.get("influence") is None or node["influence"] <= 0.5
+    assert len(nodes) < len(gf.nodes)
+    _, strongest = app_modules.file_keeps(gf, 1.0, 0.5)
+    assert 0 < len(strongest) < len(gf.links)
+
+
+def test_a_click_reads_back_as_a_node_id(app_modules):
+    import graph_view
+
+    event = {"selection": {"points": [{"curve_number": 1, "point_index": 4, "customdata": "0_5_3"}]}}
+    assert graph_view.clicked_node(event) == "0_5_3"
+    assert graph_view.clicked_node({"selection": {"points": []}}) is None and graph_view.clicked_node(None) is None
