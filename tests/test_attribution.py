@@ -226,3 +226,36 @@ def test_dictionaries_of_another_model_are_refused():
                                             output_hooks=["blocks.0.hook_mlp_out"]))
     with pytest.raises(ReplacementMismatch, match="transcoders"):
         LocalReplacement(model, [sae], tokens)
+
+
+def test_models_that_are_not_exactly_linear_are_marked_approximate(monkeypatch):
+    from contextlib import nullcontext
+
+    import workbench.attribution.replacement as replacement
+
+    model, tokens, dicts = _setup("mamba")
+    model.linearization_note = "declared by the architecture"
+    graph = attribute(model, dicts, tokens, progress=False)
+    assert graph.metadata["approximate"] and graph.metadata["approximate_reason"] == "declared by the architecture"
+    del model.linearization_note
+    # a gate left live (as if it were not behind a hook): edges become gradient x input and the sums miss
+    monkeypatch.setattr(replacement, "frozen_gates", lambda model, gates: nullcontext(gates))
+    graph = attribute(model, dicts, tokens, progress=False)
+    assert graph.metadata["approximate"] and graph.metadata["identity_error"] > 1e-3
+    assert "not behind a gate hook" in graph.metadata["approximate_reason"]
+
+
+def test_large_graphs_prune_on_their_nonzero_edges():
+    from workbench.attribution import prune
+
+    model, tokens, dicts = _setup("transformer")
+    graph = attribute(model, dicts, tokens, progress=False)
+    dense = prune_graph(graph, 0.8, 0.98)
+    old = prune.DENSE_MAX_NODES
+    try:
+        prune.DENSE_MAX_NODES = 10  # force the sparse path on the same graph
+        sparse = prune_graph(graph, 0.8, 0.98)
+        assert torch.equal(sparse.node_mask, dense.node_mask) and torch.equal(sparse.edge_mask, dense.edge_mask)
+        assert graph_scores(graph, sparse.node_mask) == pytest.approx(graph_scores(graph, dense.node_mask), abs=1e-5)
+    finally:
+        prune.DENSE_MAX_NODES = old

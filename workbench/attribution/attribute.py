@@ -155,7 +155,7 @@ def attribute(model, dictionaries, tokens: torch.Tensor, *, prompt: str = "", to
     logit_rows = [rows_engine.edges([("logit", k) for k in range(s, min(s + config.batch_size, len(targets)))])
                   for s in range(0, len(targets), config.batch_size)]
     logit_rows = torch.cat(logit_rows)
-    feature_rows, row_of, visited = [], {}, set()
+    feature_rows, batches, row_of, visited = [], [], {}, set()
     queue = list(range(n_features))  # layer-major order: batches share a layer
     n_batches = -(-budget // config.batch_size)
     bar = tqdm(total=budget, desc="attribution", unit="feature", disable=not progress, leave=False)
@@ -172,10 +172,31 @@ def attribute(model, dictionaries, tokens: torch.Tensor, *, prompt: str = "", to
         row_of.update({f: done + i for i, f in enumerate(batch)})
         visited.update(batch)
         feature_rows.append(rows)
+        batches.append(batch)
         bar.update(len(batch))
     bar.close()
     del rows_engine
-    return _assemble(rep, targets, logit_rows, feature_rows, row_of, prompt, token_strings, model, config, metadata)
+    adjacency, kept = _adjacency(rep, len(targets), logit_rows, feature_rows, batches)
+    return _assemble(rep, targets, adjacency, kept, prompt, token_strings, model, config, metadata)
+
+
+def _adjacency(rep, n_logits: int, logit_rows, feature_rows: list, batches: list) -> tuple[torch.Tensor, list[int]]:
+    """The square matrix over [visited features | errors | tokens | logits], filled batch by batch
+    (each batch's rows are freed once copied, so peak memory stays near one matrix)."""
+    kept = sorted(f for batch in batches for f in batch)  # visited features, in node order
+    n_f, n_all = len(kept), len(rep.active_features)
+    n_src = n_f + rep.n_layers * rep.n_pos + rep.n_pos
+    n = n_src + n_logits
+    every = n_f == n_all  # every feature visited: the columns need no reindexing
+    cols = None if every else torch.tensor(kept + list(range(n_all, n_all + n_src - n_f)), dtype=torch.long)
+    node_of = {f: i for i, f in enumerate(kept)}
+    adjacency = torch.zeros(n, n, dtype=torch.float32)
+    while feature_rows:
+        rows, batch = feature_rows.pop(0), batches.pop(0)
+        targets = torch.tensor([node_of[f] for f in batch], dtype=torch.long)
+        adjacency[targets, :n_src] = (rows if every else rows[:, cols]).float()
+    adjacency[n_src:, :n_src] = (logit_rows if every else logit_rows[:, cols]).float()
+    return adjacency, kept
 
 
 @torch.no_grad()
@@ -190,21 +211,23 @@ def _bias_terms(rep: LocalReplacement, targets: list[LogitTarget], features: tor
     return feature_bias, logit_bias
 
 
-def _assemble(rep, targets, logit_rows, feature_rows, row_of, prompt, token_strings, model, config, metadata) -> Graph:
-    kept = sorted(row_of)  # visited features, in node order
+def _identity_error(adjacency: torch.Tensor, bias: torch.Tensor, values: torch.Tensor, rows: torch.Tensor,
+                    chunk: int = 1024) -> float:
+    """Largest ``|row sum + bias - value|`` relative to the summed terms' magnitude (float32 rounding
+    grows with them, not with the value), in float64, a chunk of rows at a time."""
+    worst = 0.0
+    for s in range(0, len(rows), chunk):
+        r = rows[s:s + chunk]
+        block = adjacency[r].double()
+        deviation = (block.sum(1) + bias[r] - values[r]).abs()
+        magnitude = block.abs().sum(1) + bias[r].double().abs()
+        worst = max(worst, float((deviation / magnitude.clamp_min(1e-12)).max()))
+    return worst
+
+
+def _assemble(rep, targets, adjacency, kept, prompt, token_strings, model, config, metadata) -> Graph:
     n_f, n_all = len(kept), len(rep.active_features)
-    n_err, T = rep.n_layers * rep.n_pos, rep.n_pos
-    n = n_f + n_err + T + len(targets)
-    computed = torch.cat(feature_rows) if feature_rows else logit_rows.new_zeros(0, logit_rows.shape[1])
-    adjacency = torch.zeros(n, n, dtype=torch.float32)
-    if n_f == n_all and all(row_of[f] == f for f in kept):  # every feature, visited in node order: no reindexing
-        adjacency[:n_f, : n_f + n_err + T] = computed
-        adjacency[n - len(targets):, : n_f + n_err + T] = logit_rows
-    else:
-        source_cols = torch.tensor(kept + list(range(n_all, n_all + n_err + T)), dtype=torch.long)
-        if n_f:
-            adjacency[:n_f, : n_f + n_err + T] = computed[[row_of[f] for f in kept]][:, source_cols].float()
-        adjacency[n - len(targets):, : n_f + n_err + T] = logit_rows[:, source_cols].float()
+    n_err, n = rep.n_layers * rep.n_pos, adjacency.shape[0]
     features = rep.active_features[kept]
     feature_bias, logit_bias = _bias_terms(rep, targets, features)
     final = rep.final[-1]
@@ -217,10 +240,7 @@ def _assemble(rep, targets, logit_rows, feature_rows, row_of, prompt, token_stri
     bias[:n_f] = feature_bias.float()
     bias[n - len(targets):] = logit_bias.float()
     rows = torch.cat([torch.arange(n_f), torch.arange(n - len(targets), n)])
-    # relative to the size of the summed terms: float32 rounding grows with them, not with the value
-    deviation = (adjacency[rows].double().sum(1) + bias[rows] - values[rows]).abs()
-    magnitude = adjacency[rows].double().abs().sum(1) + bias[rows].double().abs()
-    identity_error = float((deviation / magnitude.clamp_min(1e-12)).max()) if len(rows) else 0.0
+    identity_error = _identity_error(adjacency, bias, values, rows)
     note = getattr(model, "linearization_note", None)
     approximate = bool(note) or identity_error > APPROXIMATE_ABOVE
     meta = {"architecture": type(model).__name__, "n_layers": rep.n_layers, "vocab_size": int(rep.W_U.shape[1]), "n_active_features": n_all,

@@ -97,6 +97,13 @@ class SparsePruned:
     def n_edges(self) -> int:
         return int(self.edge_keep.sum())
 
+    @property
+    def edge_mask(self) -> torch.Tensor:
+        """The dense mask (``prune.Pruned``'s interface), built on first use."""
+        if getattr(self, "_dense", None) is None:
+            self._dense = self.dense_edge_mask()
+        return self._dense
+
     def dense_edge_mask(self) -> torch.Tensor:
         """``[n_nodes, n_nodes]`` bool, target x source, as graph_file.graph_to_json takes it."""
         n = self.edges.n_nodes
