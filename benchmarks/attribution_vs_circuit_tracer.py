@@ -221,11 +221,9 @@ def circuit_tracer_model(model, dicts, folder: Path):
 
     from workbench.dictionaries.interop_circuit_tracer import save_circuit_tracer
 
-    save_circuit_tracer(dicts, folder, model_name="benchmark", absolute_paths=True)
+    # model=...: the config names transformer_lens's own hooks (ln2.hook_normalized), which it hooks
+    save_circuit_tracer(dicts, folder, model_name="benchmark", absolute_paths=True, model=model)
     config = yaml.safe_load((folder / "config.yaml").read_text())
-    for key in ("feature_input_hook", "feature_output_hook"):  # shared name -> TransformerLens's own
-        native = model.hook_aliases.get(f"blocks.0.{config[key]}", f"blocks.0.{config[key]}")
-        config[key] = native.removeprefix("blocks.0.")
     config["scan"] = "workbench-benchmark"
     transcoders = load_transcoders(config, device=torch.device("cpu"), dtype=torch.float32,
                                    lazy_encoder=False, lazy_decoder=False)

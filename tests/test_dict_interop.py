@@ -241,3 +241,19 @@ def test_circuit_tracer_refusals_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="not a circuit-tracer folder"):
         load_circuit_tracer(tmp_path / "nowhere")
     assert not any(tmp_path.iterdir())  # a refused save leaves nothing behind
+
+
+def test_circuit_tracer_config_names_the_models_native_hooks(tmp_path):
+    """circuit-tracer hooks a plain transformer_lens model: our shared hook_mlp_in must be written as the
+    native ln2.hook_normalized; our own loader still restores the shared names."""
+    from workbench.architectures import build_model, model_config
+    from workbench.dictionaries.interop_circuit_tracer import load_circuit_tracer
+
+    model = build_model(model_config("transformer", d_vocab=12, n_ctx=8, n_layers=2, d_model=D, n_heads=2, d_mlp=32))
+    members = {f"layer{l}": randomized(per_layer("transcoder", "jumprelu", layer=l), seed=l) for l in range(2)}
+    folder = save_circuit_tracer(members, tmp_path / "native", model=model)
+    config = yaml.safe_load((folder / "config.yaml").read_text())
+    assert (config["feature_input_hook"], config["feature_output_hook"]) == ("ln2.hook_normalized", "hook_mlp_out")
+    loaded = load_circuit_tracer(folder)
+    loaded = loaded if isinstance(loaded, list) else list(loaded.values()) if isinstance(loaded, dict) else [loaded]
+    assert [d.config.input_hooks for d in loaded] == [["blocks.0.hook_mlp_in"], ["blocks.1.hook_mlp_in"]]

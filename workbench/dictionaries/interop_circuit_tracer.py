@@ -93,10 +93,12 @@ def _as_members(dictionaries) -> list[Dictionary]:
 
 
 def save_circuit_tracer(dictionaries, folder: str | Path, model_name: str | None = None,
-                        allow_topk_relu: bool = False, absolute_paths: bool = False) -> Path:
+                        allow_topk_relu: bool = False, absolute_paths: bool = False, model=None) -> Path:
     """Write per-layer transcoders (a list or ``{member: dictionary}`` in layer order) or one CLT in
     circuit-tracer's layout (module docstring); ``absolute_paths`` lists the layer files in
-    ``config.yaml`` so circuit-tracer can load the folder locally. Returns the folder."""
+    ``config.yaml`` so circuit-tracer can load the folder locally. Pass the ``model`` to write its
+    native hook names (circuit-tracer hooks a plain transformer_lens model, on which our shared
+    ``hook_mlp_in`` is ``ln2.hook_normalized``). Returns the folder."""
     members = _as_members(dictionaries)
     kinds = {d.config.kind for d in members}
     if kinds == {"clt"} and len(members) == 1:
@@ -108,8 +110,9 @@ def save_circuit_tracer(dictionaries, folder: str | Path, model_name: str | None
                          f"{sorted(kinds)} x {len(members)}")
     for d in members:
         _check(d.config, allow_topk_relu, per_layer=layout == TRANSCODER_SET)
-    ins = [h for d in members for h in d.config.input_hooks]
-    outs = [h for d in members for h in d.config.output_hooks]
+    native = getattr(model, "hook_aliases", {}) if model is not None else {}
+    ins = [native.get(h, h) for d in members for h in d.config.input_hooks]
+    outs = [native.get(h, h) for d in members for h in d.config.output_hooks]
     config = {"model_kind": layout, "model_name": model_name, "feature_input_hook": _hook_suffix(ins, "input"),
               "feature_output_hook": _hook_suffix(outs, "output"),
               "workbench": {"format": 1, "members": [d.config.to_dict() for d in members]}}
