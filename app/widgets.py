@@ -2,6 +2,11 @@
 the zoo table, curve figures, the dictionary picker and feature panel, and the two ways file content
 reaches the screen (plain text, or the escaped token highlighter).
 
+Sibling modules hold what is too heavy to load on every page: ``graph_view.py`` (the layered graph
+figure, shared by any page that draws a graph), ``graph_data.py`` / ``graph_sources.py`` (what a graph
+page draws and where graphs come from; they import torch) and ``feature_data.py`` (feature tables).
+A new page is one file in ``app/pages/`` that imports what it needs from these.
+
 Every page imports this module as ``widgets`` after putting ``app/`` on ``sys.path`` (streamlit and
 AppTest run pages as scripts, not as a package). It imports only the catalog from the workbench:
 ``workbench.zoo`` and ``workbench.store.model_files`` pull in the trainer and every architecture, and
