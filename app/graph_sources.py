@@ -80,8 +80,9 @@ def open_entry(entry: dict) -> Opened | None:
 
 
 def graph_entries() -> list[dict] | None:
+    """Catalogued graphs, newest first (so the page opens on the graph just built, e.g. by make demo)."""
     try:
-        return widgets.catalog().list("graph")
+        return sorted(widgets.catalog().list("graph"), key=lambda e: str(e.get("created", "")), reverse=True)
     except Exception as err:  # noqa: BLE001 - a locked or damaged catalog must not break the page
         st.warning(f"The catalog could not be read: {widgets.md_escape(err)}")
         return None
