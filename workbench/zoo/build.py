@@ -24,6 +24,7 @@ from workbench.training.evaluate import EVAL_SEED, evaluate_batch
 from workbench.training.trainer import train
 from workbench.zoo.entries import ZOO, ZooEntry, zoo_entry
 from workbench.zoo.readme import write_zoo_readme
+from workbench.zoo.sweep import recall_sweep
 
 BIGRAM_TRAIN_EXAMPLES = 20000
 BIGRAM_SEED = 99
@@ -95,6 +96,8 @@ def build_entry(entry: ZooEntry, models_dir: Path, catalog: Catalog, progress: b
     result = train(config, task, entry.train, catalog.root / "runs" / entry.name, progress=progress)
     metrics = measure(result.model, task_from_spec(entry.measured_task), entry.eval_examples)
     card = make_card(entry, task, config, result.model, metrics, result.tokens, result.elapsed_s)
+    if entry.sweep:  # positions beyond n_ctx exist only for the recurrent models
+        card["sweep"] = recall_sweep(result.model, config["n_ctx"] if entry.architecture == "transformer" else None)
     folder = save_model_folder(models_dir / entry.name, result.model, config, task.tokenizer, card, result.curves)
     catalog.register("run", entry.name, result.run_dir, {"steps": result.steps, "model": entry.name})
     catalog.register("model", entry.name, folder, card)
