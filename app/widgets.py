@@ -36,7 +36,8 @@ from workbench.store.catalog import Catalog, artifacts_root, models_root
 
 CURVE_COLUMNS = {"step", "split", "metric", "value"}
 ZOO_COLUMNS = ["name", "architecture", "task", "parameters", "test accuracy", "test perplexity",
-               "bigram perplexity", "training tokens", "training time s"]
+               "bigram perplexity", "training tokens", "training time s", "transcoder FVU (worst layer)",
+               "replacement agreement", "graph replacement score", "graph completeness score"]
 # CommonMark lets a backslash escape any ASCII punctuation, so escaping all of it is always safe.
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&$:])")
 
@@ -160,6 +161,18 @@ def task_label(card: dict) -> str:
     return trained if tested == trained else f"{trained} → {tested}"
 
 
+def dictionary_summary(card: dict, recipe: str = "transcoders") -> list[float | None]:
+    """The zoo table's dictionary columns from ``card["dictionaries"][recipe]`` (``wb zoo dicts``):
+    worst-layer FVU, spliced agreement, mean replacement and completeness of the full graphs."""
+    entry = card.get("dictionaries", {}).get(recipe) if isinstance(card.get("dictionaries"), dict) else None
+    if not isinstance(entry, dict):
+        return [None] * 4
+    fvu = [number(v) for v in entry.get("fvu", [])]
+    graphs = entry.get("graphs") or {}
+    return [max((v for v in fvu if v is not None), default=None), number(entry.get("agreement")),
+            number(graphs.get("replacement")), number(graphs.get("completeness"))]
+
+
 def zoo_dataframe(cards: list[dict]) -> pd.DataFrame:
     """One row per card with the zoo table's columns; missing values are left empty, not invented."""
     rows = []
@@ -170,6 +183,7 @@ def zoo_dataframe(cards: list[dict]) -> pd.DataFrame:
             number(card.get("parameters")), number(metrics.get("test_accuracy")),
             number(metrics.get("test_perplexity")), number(metrics.get("bigram_perplexity")),
             number(card.get("training_tokens")), number(card.get("training_time_s")),
+            *dictionary_summary(card),
         ])
     return pd.DataFrame(rows, columns=ZOO_COLUMNS)
 

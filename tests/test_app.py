@@ -95,6 +95,25 @@ def test_zoo_table_card_and_curves(zoo):
     assert any("no curves.parquet" in i.value for i in at.info)
 
 
+def test_committed_zoo_shows_dictionaries_graph_scores_and_sweeps(monkeypatch, tmp_path):
+    """The real zoo: transformer-recall's card lists its transcoders and CLT with graph scores; a recall
+    card with a sweep draws it; the table carries the dictionary columns."""
+    monkeypatch.setenv("WB_MODELS", str(Path(__file__).resolve().parents[1] / "models"))
+    monkeypatch.setenv("WB_ARTIFACTS", str(tmp_path / "artifacts"))
+    at = run(MODELS)
+    table = at.dataframe[0].value
+    row = table[table["name"] == "transformer-recall"].iloc[0]
+    assert row["replacement agreement"] > 0.9 and row["transcoder FVU (worst layer)"] < 0.1
+    assert 0.5 < row["graph replacement score"] <= 1.0
+    names = list(table["name"])
+    at.selectbox(key="models_card").select_index(names.index("transformer-recall")).run()
+    assert any("Dictionaries and attribution graphs" in m.value for m in at.markdown)
+    recipes = at.dataframe[1].value
+    assert set(recipes["recipe"]) >= {"transcoders", "clt"} and (recipes["completeness"] > 0.5).all()
+    at.selectbox(key="models_card").select_index(names.index("rwkv-recall")).run()
+    assert not at.exception and any("Recall sweep" in m.value for m in at.markdown)
+
+
 def test_comparison(zoo):
     for i, name in enumerate(["alpha", "beta", "gamma"]):
         write_model(zoo, name, card(name, 0.3 * (i + 1), 1000 * (i + 1)), with_curves=False)

@@ -26,7 +26,15 @@ ZOO_COLUMN_CONFIG = {
     "bigram perplexity": st.column_config.NumberColumn(format="%.3f"),
     "training tokens": st.column_config.NumberColumn(format="localized"),
     "training time s": st.column_config.NumberColumn(format="%.0f"),
+    "transcoder FVU (worst layer)": st.column_config.NumberColumn(format="%.4f"),
+    "replacement agreement": st.column_config.NumberColumn(format="percent"),
+    "graph replacement score": st.column_config.NumberColumn(format="%.3f"),
+    "graph completeness score": st.column_config.NumberColumn(format="%.3f"),
 }
+DICT_COLUMNS = {"fvu": "FVU per layer", "l0": "L0 per layer", "dead_fraction": "dead per layer",
+                "agreement": "agreement", "graphs.replacement": "replacement", "graphs.completeness": "completeness",
+                "graphs.pruned_replacement": "pruned replacement", "graphs.pruned_completeness": "pruned completeness",
+                "graphs.pruned_nodes": "pruned nodes", "graphs.n_prompts": "prompts"}
 
 
 def fmt(value: object, spec: str) -> str:
@@ -67,19 +75,50 @@ def show_card(card: dict) -> None:
     widgets.show_text("Trained", f"on {card.get('trained_on', '?')}, created {card.get('created', '?')}, "
                                  f"{fmt(card.get('training_time_s'), '.0f')} s")
     show_dictionaries(card)
+    show_sweep(card)
 
 
 def show_dictionaries(card: dict) -> None:
-    """Dictionary metrics, which later issues add to cards as a list of objects."""
+    """The model's zoo dictionaries (``wb zoo dicts``): quality and graph scores per recipe."""
     dictionaries = card.get("dictionaries")
-    if not isinstance(dictionaries, list) or not dictionaries:
+    if not isinstance(dictionaries, dict) or not dictionaries:
         return
-    rows = [d for d in dictionaries if isinstance(d, dict)]
-    st.markdown("**Dictionaries**")
-    # astype(str) on nested values keeps the Arrow conversion from failing on mixed types
-    table = pd.json_normalize(rows)
-    st.dataframe(table.apply(lambda c: c if pd.api.types.is_numeric_dtype(c) else c.astype(str)),
-                 hide_index=True)
+    st.markdown("**Dictionaries and attribution graphs**")
+    rows = []
+    for recipe, entry in dictionaries.items():
+        if not isinstance(entry, dict):
+            continue
+        flat = pd.json_normalize(entry).iloc[0].to_dict()
+        row = {"recipe": str(recipe), "kind": str(flat.get("recipe.kind", "?"))}
+        for key, label in DICT_COLUMNS.items():
+            value = flat.get(key)
+            row[label] = ", ".join(f"{v:.4g}" for v in value) if isinstance(value, list) else widgets.number(value)
+        rows.append(row)
+    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.caption("FVU, L0 and dead fraction per layer on held-out activations; agreement: share of positions where "
+               "the model with every MLP replaced predicts the same next token; graph scores: means over the "
+               "card's test prompts, full graphs and graphs pruned at node 0.8 / edge 0.98.")
+
+
+def show_sweep(card: dict) -> None:
+    """A recall card's sweep: accuracy against the number of pairs, one line per sequence length."""
+    sweep = card.get("sweep")
+    if not isinstance(sweep, list) or not sweep:
+        return
+    df = pd.DataFrame([r for r in sweep if isinstance(r, dict)])
+    if not {"n_pairs", "slots", "accuracy", "seq_len"} <= set(df.columns):
+        return
+    st.markdown("**Recall sweep** (the trained model re-measured, no retraining)")
+    fig = go.Figure()
+    for slots, part in df.sort_values("n_pairs").groupby("slots"):
+        fig.add_trace(go.Scatter(x=part["n_pairs"], y=part["accuracy"], mode="lines+markers",
+                                 name=f"{int(slots)} slots ({int(part['seq_len'].iloc[0])} tokens)"))
+    unpadded = df[df["n_pairs"] == df["slots"]].sort_values("n_pairs")
+    fig.add_trace(go.Scatter(x=unpadded["n_pairs"], y=unpadded["accuracy"], mode="lines+markers",
+                             name="no padding", line={"dash": "dot"}))
+    fig.update_layout(height=320, xaxis_title="pairs in context", yaxis_title="exact match",
+                      yaxis_tickformat=".0%", margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    st.plotly_chart(fig, key="recall_sweep")
 
 
 def show_curves(card: dict) -> None:
