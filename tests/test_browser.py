@@ -45,7 +45,7 @@ def test_models_page_in_chromium(committed_zoo, running_app, tmp_path):
         page.get_by_text("Training curves").wait_for(timeout=30000)
         load_s = time.perf_counter() - start
         # the first card's metrics (waited for: under load they come in late)
-        page.get_by_text("Test accuracy").first.wait_for(timeout=30000)
+        page.get_by_text("Test accuracy", exact=True).first.wait_for(timeout=30000)
         page.screenshot(path=str(tmp_path / "models.png"), full_page=True)
         browser.close()
     assert (tmp_path / "models.png").stat().st_size > 10_000
