@@ -12,12 +12,18 @@ Both compute the same function (tests check it); the ratio is parallel tokens/s 
 tokens/s (target >= 10x for the parallelisable ones; LSTM and sLSTM are sequential by nature). The
 shared ``linear_scan`` primitive is timed against ``linear_scan_sequential`` the same way.
 
+Neither path attaches hooks, so Mamba runs its fused selective scan in both (mamba.py, "Fused selective
+scan"); runs that hook its decays or states (caching them, freezing gates, patching) take the
+materialised path, which is not timed here. The header quotes the load average: on a shared machine
+the ratio moves with it (OpenMP threads stalled by other processes slow every parallel region).
+
     python benchmarks/scan.py [--T 256] [--batch 16] [--reps 3] [--archs rwkv mamba ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import torch
@@ -77,7 +83,11 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--archs", nargs="*", default=list(RECURRENT))
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, T={args.T}, batch={args.batch}")
+    # The load matters: on a shared 2-core machine, other processes stall the OpenMP threads of every
+    # parallel region, and the ratio moves with them; quote it with the result.
+    load = ", ".join(f"{x:.2f}" for x in os.getloadavg())
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, T={args.T}, batch={args.batch}, "
+          f"load average {load}")
     fast, slow = bench_scan(args.T, args.batch, args.reps)
     print(f"{'linear_scan [B,T,128,16]':28s} parallel {1e3 * fast:9.1f} ms  sequential {1e3 * slow:9.1f} ms"
           f"  ratio {slow / fast:6.1f}x")
