@@ -6,7 +6,10 @@ replaces those hook values by their (detached) values from one forward pass on t
 left between two residual points is then a linear (affine, with biases) map, which is what attribution
 graphs and the "sum of incoming edges equals the value" identity need.
 
-1. :func:`gate_hook_names` lists the hooks to freeze, by name pattern, for any architecture.
+1. :func:`gate_hook_names` lists the hooks to freeze, by name pattern, for any architecture. A module
+   may declare ``derived_gate_hooks``: gates that are a function of its other gates and its parameters
+   only (Mamba's decay ``exp(dt A)``). Freezing the gates they derive from already fixes them, so they
+   are left unhooked, which lets the module keep its fused fast path under freezing.
 2. :func:`record_gates` runs the prompt once and keeps those hooks' values.
 3. :func:`frozen_gates` installs hooks that return the recorded values on every later forward pass
    (same prompt shape), for as long as the context is open.
@@ -26,9 +29,19 @@ def is_gate_hook(name: str) -> bool:
     return name.endswith(GATE_SUFFIXES)
 
 
+def derived_gate_names(model) -> set[str]:
+    """Gate hooks that modules declare as derived from their other gates (module docstring, step 1)."""
+    derived = set()
+    for prefix, module in model.named_modules():
+        for hook in getattr(module, "derived_gate_hooks", ()):
+            derived.add(f"{prefix}.{hook}" if prefix else hook)
+    return derived
+
+
 def gate_hook_names(model) -> list[str]:
-    """Native names of every gate/scale/pattern hook point of the model."""
-    return [name for name in model.hook_dict if is_gate_hook(name)]
+    """Native names of every gate/scale/pattern hook point of the model that freezing must fix."""
+    derived = derived_gate_names(model)
+    return [name for name in model.hook_dict if is_gate_hook(name) and name not in derived]
 
 
 @torch.no_grad()

@@ -228,6 +228,8 @@ class SelectiveSSM(nn.Module):
         self.D._no_weight_decay = True
         for name in ("dt", "B", "C", "decay"):
             setattr(self, f"hook_{name}_gate", HookPoint())
+        # exp(dt A) is fixed once dt is: gate freezing leaves this hook alone, so the fused scan still runs
+        self.derived_gate_hooks = ("hook_decay_gate",)
         self.hook_state = HookPoint()
 
     def selection(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
