@@ -233,8 +233,9 @@ def _pick(label: str, choices: list[tuple[str, Path]], key: str) -> Path:
 
 
 def _prompt_box(bundle, model_folder: Path) -> None:
-    """The prompt, pre-filled with an example of the model's task whenever another model is picked."""
-    if st.session_state.get("graph_prompt_model") != str(model_folder):
+    """The prompt, pre-filled with an example of the model's task whenever another model is picked (or
+    the box comes back: streamlit forgets a widget's value on runs that do not draw it)."""
+    if st.session_state.get("graph_prompt_model") != str(model_folder) or "graph_prompt" not in st.session_state:
         st.session_state["graph_prompt_model"] = str(model_folder)
         st.session_state["graph_prompt"] = example_prompt(bundle)
     st.text_input("Prompt", key="graph_prompt",

@@ -67,22 +67,22 @@ def test_graph_page_in_chromium(graph_store, running_app, tmp_path):
     with sync_playwright() as p:
         browser, page = launch(p)
         start = time.perf_counter()
-        page.goto(f"{url}/Attribution_graph")  # opens the first catalogued graph: synthetic-1k
+        page.goto(f"{url}/Attribution_graph")  # opens the newest catalogued graph: synthetic-1k
         page.wait_for_function(f"{POINTS} >= {n_nodes}", timeout=60000, polling=50)
         cold_s = time.perf_counter() - start
-        build_and_click(page, tmp_path)
 
         draws = []  # the app is warm: what a user waits for when opening the graph; median of three
         for _ in range(3):
             page.get_by_text("Build from a prompt").click()
             page.get_by_role("button", name="Build graph").wait_for(timeout=30000)
-            page.wait_for_function(f"{POINTS} < {n_nodes}", timeout=30000)  # the small built graph is back
+            page.wait_for_function(f"{POINTS} < {n_nodes}", timeout=30000)  # the big graph is gone
             start = time.perf_counter()
             page.get_by_text("Saved graphs").click()
             page.wait_for_function(f"{POINTS} >= {n_nodes}", timeout=30000, polling=20)
             draws.append(time.perf_counter() - start)
         draw_s = statistics.median(draws)
         page.screenshot(path=str(tmp_path / "graph-1k.png"), full_page=True)
+        build_and_click(page, tmp_path)  # after the timing: a built graph becomes the newest saved one
         page.get_by_text("Import a file").click()  # an uploaded circuit-tracer file opens too
         page.locator("input[type=file]").set_input_files(str(FIXTURE))
         page.get_by_text("Graph dallas-is-in-toy").wait_for(timeout=30000)
