@@ -130,9 +130,11 @@ def register_zoo_dictionaries(models_dir: Path, catalog: Catalog) -> list[str]:
     for set_file in sorted(Path(models_dir).glob(f"*/dictionaries/*/{SET_FILE}")):
         folder = set_file.parent
         name = f"{folder.parent.parent.name}/{folder.name}"
-        meta = read_json(set_file)
-        catalog.register("dictionary", name, folder, {k: v for k, v in meta.items() if k != "members"}
-                         | {"model_folder": str(folder.parent.parent)})
+        meta = {k: v for k, v in read_json(set_file).items() if k != "members"}
+        summary = folder / "features" / "summary.json"
+        if summary.is_file():  # the feature data committed beside the dictionaries
+            meta["features"] = read_json(summary) | {"folder": str(summary.parent)}
+        catalog.register("dictionary", name, folder, meta | {"model_folder": str(folder.parent.parent)})
         names.append(name)
     return names
 
