@@ -33,6 +33,7 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.attribution.graph import Graph
+from workbench.attribution.prune import compute_influence, normalize_rows
 from workbench.attribution.replacement import LocalReplacement
 from workbench.attribution.targets import LogitTarget, salient_logits
 
@@ -119,8 +120,6 @@ class _Rows:
 def _influence_order(rows: torch.Tensor, row_of: dict[int, int], n_features: int, logit_rows: list[int],
                      weights: torch.Tensor, visited: set[int]) -> list[int]:
     """Unvisited features sorted by their influence on the logits through the rows computed so far."""
-    from workbench.attribution.prune import compute_influence, normalize_rows
-
     n_sources = rows.shape[1]
     # square matrix over sources (+ logits): a row for each computed target
     square = rows.new_zeros(n_sources + len(logit_rows), n_sources + len(logit_rows))
@@ -203,9 +202,7 @@ def _adjacency(rep, n_logits: int, logit_rows, feature_rows: list, batches: list
 def _bias_terms(rep: LocalReplacement, targets: list[LogitTarget], features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 6: each target's value with every source zeroed."""
     out = rep.linear_forward(torch.zeros_like(rep.embed)[None], rep.bias_writes[None])
-    w, b = rep.readouts(features)
-    mlp_in = torch.stack(out["mlp_in"])[:, 0]  # [L, T, d_in]
-    feature_bias = (mlp_in[features[:, 0], features[:, 1]] * w).sum(-1) + b if len(features) else torch.zeros(0)
+    feature_bias = rep.read_features(out["mlp_in"], features)[0]
     final = out["final"][0, -1]
     logit_bias = torch.stack([t.direction.to(final.dtype) @ final + t.bias for t in targets])
     return feature_bias, logit_bias

@@ -17,7 +17,7 @@ writing ``blocks.{l}.hook_mlp_out``) and a prompt:
    to (every ``hook_mlp_in``, ``hook_final``) is affine: the direct-effect graph of the replacement model.
 
 Feature pre-activations and logit targets are linear readouts of that map
-(:meth:`feature_readout`, ``targets.py``), which is what ``attribute.py`` differentiates.
+(:meth:`readouts`, ``targets.py``), which is what ``attribute.py`` differentiates.
 """
 
 from __future__ import annotations
@@ -233,11 +233,6 @@ class LocalReplacement:
             captured["logits"] = out
         return captured
 
-    def feature_readout(self, layer: int, feature: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(w [d_in], b)``: feature ``feature`` of ``layer`` has pre-activation ``w . mlp_in[l] + b``."""
-        d, s = self.readers[layer]
-        return d.W_enc[s][:, feature] * d.input_scale[s], d.b_enc[s, feature]
-
     def readouts(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(w [n, d_in], b [n])`` for rows ``(layer, pos, index)`` of ``features``, vectorised per layer."""
         n = len(features)
@@ -251,6 +246,13 @@ class LocalReplacement:
                 w[rows] = (d.W_enc[s][:, idx] * d.input_scale[s]).T.to(w.dtype)
                 b[rows] = d.b_enc[s, idx].to(b.dtype)
         return w, b
+
+    def read_features(self, mlp_in: list[torch.Tensor], features: torch.Tensor) -> torch.Tensor:
+        """``[B, n]``: the pre-activations of ``features`` (rows ``(layer, pos, index)``) read from a
+        ``linear_forward`` batch's ``mlp_in``."""
+        w, b = self.readouts(features)
+        stacked = torch.stack(mlp_in, dim=1)  # [B, L, T, d_in]
+        return (stacked[:, features[:, 0], features[:, 1]] * w).sum(-1) + b
 
 
 __all__ = ["LocalReplacement", "ReplacementMismatch", "hook_layer", "unembedding"]

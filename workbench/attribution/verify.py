@@ -35,15 +35,12 @@ def target_values(rep: LocalReplacement, graph: Graph, embed: torch.Tensor, writ
     """``[B, n_features + n_logits]``: every target of ``graph`` read from the frozen model on a batch
     (logit targets without their constant unembedding bias, which no ablation changes)."""
     out = rep.linear_forward(embed, writes)
-    cols = []
-    for layer, pos, feat in graph.active_features.tolist():
-        w, b = rep.feature_readout(layer, feat)
-        cols.append(out["mlp_in"][layer][:, pos] @ w + b)
+    features = rep.read_features(out["mlp_in"], graph.active_features)
     if graph.logit_directions is None:
         raise ValueError("this graph stores no logit directions (a file from another tool): it cannot be "
                          "checked by intervention")
     logits = out["final"][:, -1] @ graph.logit_directions.T.to(out["final"].dtype)
-    return torch.cat([torch.stack(cols, 1) if cols else logits[:, :0], logits], dim=1)
+    return torch.cat([features.to(logits.dtype), logits], dim=1)
 
 
 @torch.no_grad()
