@@ -23,7 +23,7 @@ def _transcoders(model, tokens, kind: str = "transcoder", activation: str = "top
     """Untrained but non-trivial dictionaries for every layer (random biases so features differ)."""
     _, cache = model.run_with_cache(tokens)
     L = model.cfg.n_layers
-    width = lambda kind_, l: cache[f"blocks.{l}.hook_mlp_{kind_}"].shape[-1]  # noqa: E731
+    width = lambda kind_, l: cache[f"blocks.{l}.hook_mlp_{kind_}"].shape[-1]
     common = {"activation": activation, "k": 4 if "topk" in activation else None, "init_norm": 1.0}
     if kind == "clt":
         d = build_dictionary(DictionaryConfig("clt", d_in=width("in", 0), d_out=width("out", 0), n_layers=L,
@@ -210,8 +210,8 @@ def test_graph_folder_round_trip(tmp_path):
 
 
 def test_dictionaries_of_another_model_are_refused():
-    model, tokens, dicts = _setup("transformer")
-    other, _, other_dicts = _setup("rwkv")  # RWKV's mlp_in is twice as wide
+    model, tokens, _ = _setup("transformer")
+    _, _, other_dicts = _setup("rwkv")  # RWKV's mlp_in is twice as wide
     with pytest.raises(ReplacementMismatch, match="trained on another model"):
         LocalReplacement(model, other_dicts, tokens)
     bad = build_dictionary(DictionaryConfig("transcoder", d_in=32, n_features=8, input_hooks=["blocks.0.hook_resid_pre"],
@@ -231,7 +231,7 @@ def test_dictionaries_of_another_model_are_refused():
 def test_models_that_are_not_exactly_linear_are_marked_approximate(monkeypatch):
     from contextlib import nullcontext
 
-    import workbench.attribution.replacement as replacement
+    from workbench.attribution import replacement
 
     model, tokens, dicts = _setup("mamba")
     model.linearization_note = "declared by the architecture"

@@ -10,7 +10,7 @@ from workbench.cli import app
 from workbench.dictionaries import DictionaryConfig, build_dictionary
 from workbench.dictionaries.activations import real_token_rows
 from workbench.dictionaries.features import feature_data, unembedding_matrix
-from workbench.dictionaries.splice import spliced_metrics
+from workbench.dictionaries.splice import spliced_logits, spliced_metrics
 from workbench.store import Catalog
 from workbench.store.model_files import save_model_folder
 from workbench.tasks import make_task
@@ -59,11 +59,11 @@ def exact_set(model, kind: str):
 def test_exact_replacement_keeps_the_loss_and_agreement(kind):
     model, _ = tiny_model(act_fn="relu")
     batch = TASK.sample("test", 12, 0)
-    m = spliced_metrics(model, exact_set(model, kind), batch.tokens, batch.loss_mask, PAD, batch_size=5)
+    m = spliced_metrics(model, exact_set(model, kind), batch.tokens, batch.loss_mask, batch_size=5)
     assert m.loss_all_replaced == pytest.approx(m.loss_original, abs=1e-5)
     assert all(v == pytest.approx(m.loss_original, abs=1e-5) for v in m.loss_replaced.values())
     assert set(m.loss_replaced) == {"blocks.0.hook_mlp_out", "blocks.1.hook_mlp_out"}
-    assert m.agreement == 1.0 and m.n_positions == int((batch.tokens != PAD).sum())
+    assert m.agreement == 1.0 and m.n_positions == m.n_targets == int(batch.loss_mask[:, 1:].sum())
 
 
 def test_zero_replacement_changes_the_loss():
@@ -74,9 +74,32 @@ def test_zero_replacement_changes_the_loss():
             for p in d.parameters():
                 p.zero_()
     batch = TASK.sample("test", 8, 0)
-    m = spliced_metrics(model, zero, batch.tokens, batch.loss_mask, PAD)
+    m = spliced_metrics(model, zero, batch.tokens, batch.loss_mask)
     assert abs(m.loss_all_replaced - m.loss_original) > 1e-4
     assert abs(m.loss_replaced["blocks.0.hook_mlp_out"] - m.loss_original) > 1e-4
+
+
+def test_agreement_counts_only_positions_that_predict_a_target():
+    """Agreement against a per-row, per-position count: position t counts when target t + 1 is in the
+    loss mask (a recall row: only the answers), whatever the argmax does elsewhere."""
+    model, _ = tiny_model(act_fn="relu")
+    noisy = exact_set(model, "transcoder")
+    with torch.no_grad():
+        for d in noisy:
+            d.W_dec[0].add_(0.02 * torch.randn(d.W_dec[0].shape, generator=torch.Generator().manual_seed(0)))
+    batch = TASK.sample("test", 64, 1)
+    m = spliced_metrics(model, noisy, batch.tokens, batch.loss_mask, batch_size=7)
+    original = spliced_logits(model, noisy, batch.tokens, set()).argmax(-1)
+    replaced = spliced_logits(model, noisy, batch.tokens, {d.config.output_hooks[0] for d in noisy}).argmax(-1)
+    agree = total = 0
+    for row in range(batch.tokens.shape[0]):
+        for t in range(batch.tokens.shape[1] - 1):
+            if batch.loss_mask[row, t + 1]:
+                total += 1
+                agree += int(original[row, t] == replaced[row, t])
+    assert total == m.n_positions < int((batch.tokens != PAD).sum())  # recall: prompts carry no target
+    assert m.agreement == pytest.approx(agree / total)
+    assert 0 < m.agreement < 1  # the noise flips some answers and not others: the count is not trivial
 
 
 def test_feature_data_matches_brute_force():

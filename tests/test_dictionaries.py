@@ -256,6 +256,30 @@ def test_fvu_and_streaming_metrics():
     assert result["dense_fraction"][0] >= 1 / 8
 
 
+def test_evaluation_leaves_out_the_bos_position():
+    """Rows at position 0 (a huge constant vector, as <bos> is in a transformer) are skipped when the
+    minibatches carry positions; without positions every row counts."""
+    from workbench.dictionaries.metrics import evaluate_dictionary
+    d = build_dictionary(transcoder_config("topk", k=4))
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(40, 16, generator=g), torch.randn(40, 16, generator=g)
+    position = torch.arange(40, dtype=torch.int32) % 8
+    y[position == 0] = 50.0  # the outlier that would dominate the variance
+    batches = [{"in": x[:20], "out": y[:20], "position": position[:20]},
+               {"in": x[20:], "out": y[20:], "position": position[20:]}]
+    kept = position != 0
+    with torch.no_grad():
+        recon, acts = d(x[kept])
+    got = evaluate_dictionary(d, batches, ["in"], ["out"], n_batches=2)
+    assert got["fvu"] == pytest.approx(fvu(recon, y[kept]).tolist(), rel=1e-5)
+    assert got["l0"] == pytest.approx([float((acts != 0).sum(-1).float().mean())])
+    everything = evaluate_dictionary(d, [{k: v for k, v in b.items() if k != "position"} for b in batches],
+                                     ["in"], ["out"], n_batches=2)
+    with torch.no_grad():
+        assert everything["fvu"] == pytest.approx(fvu(d(x)[0], y).tolist(), rel=1e-5)
+    assert everything["fvu"] != pytest.approx(got["fvu"], rel=1e-3)
+
+
 # --- the trainer -------------------------------------------------------------------------------------
 
 def sparse_dataset(n=4096, d=16, n_true=24, active=3, seed=0) -> TensorActivations:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from workbench.tasks.algorithmic import RecallTask
-from workbench.zoo.sweep import padded_recall, recall_sweep, sweep_points
+from workbench.zoo.sweep import padded_recall, recall_sweep
 
 
 def test_padded_recall_keeps_the_rows_and_moves_them_right():

@@ -149,6 +149,8 @@ def zoo_dicts(
     recipe: Annotated[list[str] | None, typer.Option("--recipe", help="transcoders and/or clt (default both).")] = None,
     force: Annotated[bool, typer.Option(help="Retrain dictionaries already present.")] = False,
     rescore: Annotated[bool, typer.Option(help="Re-score the graphs of dictionaries already present.")] = False,
+    remeasure: Annotated[bool, typer.Option(help="Re-measure FVU/L0/agreement of dictionaries already present "
+                                                 "(no retraining).")] = False,
     progress: ProgressOpt = True,
     models: ModelsOpt = None,
     artifacts: ArtifactsOpt = None,
@@ -162,7 +164,8 @@ def zoo_dicts(
     models_dir = models_root(models)
     folders = [models_dir / n for n in only] if only else sorted(p.parent for p in models_dir.glob("*/card.json"))
     for folder in folders:
-        build_model_dictionaries(folder, Catalog(artifacts), recipe, force, progress, log=typer.echo, rescore=rescore)
+        build_model_dictionaries(folder, Catalog(artifacts), recipe, force, progress, log=typer.echo, rescore=rescore,
+                                 remeasure_only=remeasure)
         write_zoo_readme(models_dir)
     typer.echo(zoo_table(models_dir))
 
@@ -201,6 +204,7 @@ ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Sho
 
 
 def _echo_dict_metrics(metrics: dict) -> None:
+    typer.echo("per layer, on held-out token rows (the <bos> position left out):")
     for member, m in metrics.items():
         per_layer = zip(m["fvu"], m["l0"], m["dead_fraction"], m["dense_fraction"], strict=True)
         for i, (fvu, l0, dead, dense) in enumerate(per_layer):
@@ -208,13 +212,16 @@ def _echo_dict_metrics(metrics: dict) -> None:
             typer.echo(f"{where:10s} FVU {fvu:.4f}  L0 {l0:.2f}  dead {dead:.3f}  dense {dense:.3f}")
 
 
-def _echo_spliced(s: dict) -> None:
-    typer.echo(f"next-token loss: original {s['loss_original']:.4f}, all replaced {s['loss_all_replaced']:.4f} "
-               f"({s['n_targets']} targets)")
-    for hook, loss in s["loss_replaced"].items():
-        typer.echo(f"  only {hook} replaced: {loss:.4f}")
-    typer.echo(f"replacement-model agreement (argmax next token): {s['agreement']:.4f} "
-               f"over {s['n_positions']} positions")
+def _echo_spliced(result: dict) -> None:
+    for key, where in (("spliced", "held-out rows of the training distribution"), ("spliced_test", "test split")):
+        s = result[key]
+        typer.echo(f"spliced, {where} ({s['n_sequences']} sequences of split {s['split']!r}):")
+        typer.echo(f"  next-token loss: original {s['loss_original']:.4f}, all replaced "
+                   f"{s['loss_all_replaced']:.4f} ({s['n_targets']} targets)")
+        for hook, loss in s["loss_replaced"].items():
+            typer.echo(f"    only {hook} replaced: {loss:.4f}")
+        typer.echo(f"  replacement-model agreement (argmax next token): {s['agreement']:.4f} "
+                   f"over {s['n_positions']} predicting positions")
 
 
 @dict_app.command("train")
@@ -250,21 +257,21 @@ def dict_train(
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun rank 0 reports
     _echo_dict_metrics(result["metrics"])
-    _echo_spliced(result["spliced"])
+    _echo_spliced(result)
     typer.echo(f"dictionary set {result['name']}: {result['folder']}")
 
 
 @dict_app.command("eval")
 @friendly_errors
 def dict_eval(model: ModelArg, dict_folder: DictArg,
-              n_eval: Annotated[int, typer.Option(help="Test sequences for the spliced metrics.")] = 64):
+              n_eval: Annotated[int, typer.Option(help="Sequences per split for the spliced metrics.")] = 256):
     """Print FVU, L0, dead/dense fractions, spliced losses and agreement of a dictionary set."""
     from workbench.dictionaries.jobs import evaluate_set
     from workbench.store.model_files import load_model_folder
 
     result = evaluate_set(load_model_folder(model), dict_folder, n_eval)
     _echo_dict_metrics(result["metrics"])
-    _echo_spliced(result["spliced"])
+    _echo_spliced(result)
 
 
 @dict_app.command("features")

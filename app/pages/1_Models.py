@@ -32,7 +32,8 @@ ZOO_COLUMN_CONFIG = {
     "graph completeness score": st.column_config.NumberColumn(format="%.3f"),
 }
 DICT_COLUMNS = {"fvu": "FVU per layer", "l0": "L0 per layer", "dead_fraction": "dead per layer",
-                "agreement": "agreement", "graphs.replacement": "replacement", "graphs.completeness": "completeness",
+                "agreement": "agreement (held-out)", "agreement_test": "agreement (test split)",
+                "graphs.replacement": "replacement", "graphs.completeness": "completeness",
                 "graphs.pruned_replacement": "pruned replacement", "graphs.pruned_completeness": "pruned completeness",
                 "graphs.pruned_nodes": "pruned nodes", "graphs.n_prompts": "prompts"}
 
@@ -95,9 +96,11 @@ def show_dictionaries(card: dict) -> None:
             row[label] = ", ".join(f"{v:.4g}" for v in value) if isinstance(value, list) else widgets.number(value)
         rows.append(row)
     st.dataframe(pd.DataFrame(rows), hide_index=True)
-    st.caption("FVU, L0 and dead fraction per layer on held-out activations; agreement: share of positions where "
-               "the model with every MLP replaced predicts the same next token; graph scores: means over the "
-               "card's test prompts, full graphs and graphs pruned at node 0.8 / edge 0.98.")
+    st.caption("FVU, L0 and dead fraction per layer on held-out activations of the training distribution, the "
+               "<bos> position left out; agreement: share of the positions that predict a target token where the "
+               "model with every MLP replaced predicts the same next token as the original, on held-out rows of "
+               "the training distribution and on the task's test split; graph scores: means over the card's "
+               "test prompts, full graphs and graphs pruned at node 0.8 / edge 0.98.")
 
 
 def show_sweep(card: dict) -> None:

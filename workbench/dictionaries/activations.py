@@ -105,9 +105,10 @@ def _eval_mode(model):
 
 
 def real_token_rows(model, tokens: torch.Tensor, hooks: list[str], pad_id: int,
-                    widths: dict[str, int] | None = None) -> dict[str, torch.Tensor]:
+                    widths: dict[str, int] | None = None, positions: bool = False) -> dict[str, torch.Tensor]:
     """``{hook: [real tokens, width]}`` on the CPU for one batch of sequences, rows in (sequence,
-    position) order; ``widths`` (when given) must match what the model produces."""
+    position) order; ``widths`` (when given) must match what the model produces. With ``positions``
+    the dict also holds ``"position"``: each row's position in its sequence (0 is ``<bos>``)."""
     with torch.no_grad(), _eval_mode(model):
         _, cache = model.run_with_cache(tokens.to(model_device(model)), names_filter=list(hooks))
     mask = tokens != pad_id
@@ -120,6 +121,8 @@ def real_token_rows(model, tokens: torch.Tensor, hooks: list[str], pad_id: int,
         if widths is not None and act.shape[-1] != widths[name]:
             raise ValueError(f"hook {name!r} has width {act.shape[-1]}; the store expects {widths[name]}")
         rows[name] = act[mask.to(act.device)].detach().cpu()
+    if positions:
+        rows["position"] = torch.arange(tokens.shape[1], dtype=torch.int32).expand_as(tokens)[mask]
     return rows
 
 
@@ -297,8 +300,9 @@ class LiveActivations:
         chunk = self._chunk_id(index)
         return self.task.sample(self.split, self.chunk_sequences, mix_seed(seed, chunk, LIVE_SALT)).tokens
 
-    def minibatches(self, batch_size: int, seed: int, start_batch: int = 0,
-                    hooks: list[str] | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    def minibatches(self, batch_size: int, seed: int, start_batch: int = 0, hooks: list[str] | None = None,
+                    positions: bool = False) -> Iterator[dict[str, torch.Tensor]]:
+        """Minibatches of ``batch_size`` rows; with ``positions`` each also holds ``"position"``."""
         hooks = hooks or self.hooks
         missing = [h for h in hooks if h not in self.hooks]
         if missing:
@@ -308,7 +312,8 @@ class LiveActivations:
             skip, index = skip - n, index + 1
         buffer: dict[str, torch.Tensor] | None = None
         while True:
-            rows = real_token_rows(self.model, self._chunk_tokens(seed, index), hooks, pad_id, self.widths)
+            rows = real_token_rows(self.model, self._chunk_tokens(seed, index), hooks, pad_id, self.widths,
+                                   positions)
             n = next(iter(rows.values())).shape[0]
             order = torch.randperm(n, generator=torch.Generator().manual_seed(mix_seed(seed, self._chunk_id(index))))
             rows = {k: v[order][skip:] for k, v in rows.items()}

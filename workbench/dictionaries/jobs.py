@@ -8,6 +8,15 @@ Set folder (default ``<artifacts>/dictionaries/<model>-<kind>-L<layers>``)::
     runs/<member>/dictionary/     the trained dictionary
     features/                     written by ``wb dict features``
 
+What the reported numbers are measured on (:func:`held_out_metrics`, :func:`spliced`): *held-out rows
+of the distribution the dictionaries were trained on*, i.e. fresh rows of the task's train split drawn
+with ``EVAL_SEED`` (the activation store's and the live stream's seeds are mixed with other salts), as
+the field measures a dictionary. Per-layer FVU / L0 / dead / dense leave out the ``<bos>`` position
+(see :mod:`.metrics`). The spliced metrics are reported twice: ``spliced`` on those held-out rows and
+``spliced_test`` on the task's test split, which for toyworld holds out whole phrasings: the model
+itself is out of distribution there (its test perplexity is 15x its train-phrasing one), and so are
+the dictionaries.
+
 Members: ``layer<l>`` per layer for sae / transcoder / skip_transcoder (an SAE reads and rewrites
 ``hook_mlp_out``; the others read ``hook_mlp_in`` and write ``hook_mlp_out``), or ``clt`` for one
 cross-layer transcoder over the listed layers.
@@ -88,19 +97,38 @@ def _source(bundle, task, layers, activations, n_sequences, catalog, progress, c
     return ActivationStore(folder)
 
 
-def eval_batch(task, n: int):
-    return task.sample("test", n, EVAL_SEED)
+HELD_OUT_SPLIT = "train"  # fresh rows (EVAL_SEED) of the distribution the dictionaries were trained on
 
 
 def spliced(bundle, dictionaries: dict, task, n_eval: int) -> dict:
-    batch = eval_batch(task, n_eval)
-    return spliced_metrics(bundle.model, list(dictionaries.values()), batch.tokens, batch.loss_mask,
-                           task.tokenizer.pad_id).to_dict()
+    """``{"spliced": held-out rows, "spliced_test": the test split}``, each a SplicedMetrics dict."""
+    out = {}
+    for key, split in (("spliced", HELD_OUT_SPLIT), ("spliced_test", "test")):
+        batch = task.sample(split, n_eval, EVAL_SEED)
+        metrics = spliced_metrics(bundle.model, list(dictionaries.values()), batch.tokens, batch.loss_mask)
+        out[key] = metrics.to_dict() | {"split": split, "n_sequences": n_eval}
+    return out
+
+
+@torch.no_grad()
+def held_out_metrics(bundle: ModelBundle, dictionaries: dict, task, batch_size: int = 512,
+                     n_batches: int = 8) -> dict:
+    """Per-member FVU / L0 / dead / dense on ``n_batches`` x ``batch_size`` held-out token rows
+    (position 0 left out), streamed live from the model."""
+    metrics = {}
+    for member, d in dictionaries.items():
+        c = d.config
+        hooks = list(dict.fromkeys(c.input_hooks + c.output_hooks))
+        live = LiveActivations(bundle.model, task, hooks, split=HELD_OUT_SPLIT, model_config=bundle.config)
+        stream = live.minibatches(batch_size, seed=EVAL_SEED, positions=True)
+        metrics[member] = evaluate_dictionary(d, stream, c.input_hooks, c.output_hooks, n_batches)
+        metrics[member] |= {"rows": batch_size * n_batches, "split": HELD_OUT_SPLIT}
+    return metrics
 
 
 def train_set(bundle: ModelBundle, kind: str, activation: str, k: int | None, n_features: int, layers: str | None,
               steps: int, batch_size: int, lr: float, out: Path | None, activations: str, n_sequences: int,
-              catalog: Catalog, n_eval: int = 64, seed: int = 0, progress: bool = True,
+              catalog: Catalog, n_eval: int = 256, seed: int = 0, progress: bool = True,
               device: str = "cpu") -> dict:
     """Train one dictionary per layer (or one CLT), save the set, catalog it; return its metrics.
     Under torchrun every process trains its part of the data (module docstring)."""
@@ -127,29 +155,22 @@ def train_set(bundle: ModelBundle, kind: str, activation: str, k: int | None, n_
             register_dictionary(out / members[member], f"{set_name}/{member}", catalog.root)
     summary = None
     if comm.is_writer:
-        splice = spliced(bundle, dictionaries, task, n_eval)
+        measured = {"metrics": held_out_metrics(bundle, dictionaries, task), **spliced(bundle, dictionaries, task, n_eval)}
         meta = {"model": str(bundle.folder), "model_name": bundle.name, "kind": kind, "activation": activation,
-                "layers": chosen, "n_features": n_features, "steps": steps, "metrics": metrics, "spliced": splice}
+                "layers": chosen, "n_features": n_features, "steps": steps, "training_metrics": metrics, **measured}
         save_dictionary_set(out, members, meta)
         catalog.register("dictionary", set_name, out, {k_: v for k_, v in meta.items() if k_ != "members"})
-        summary = {"name": set_name, "folder": str(out), "metrics": metrics, "spliced": splice}
+        summary = {"name": set_name, "folder": str(out), **measured}
     return comm.broadcast_object(summary)
 
 
-@torch.no_grad()
-def evaluate_set(bundle: ModelBundle, folder: Path, n_eval: int = 64, batch_size: int = 256,
-                 n_batches: int = 4) -> dict:
-    """Per-member FVU / L0 / dead / dense on the task's test split, and the spliced metrics."""
+def evaluate_set(bundle: ModelBundle, folder: Path, n_eval: int = 256, batch_size: int = 512,
+                 n_batches: int = 8) -> dict:
+    """Per-member FVU / L0 / dead / dense on held-out rows and the spliced metrics (module docstring)."""
     dictionaries, _ = load_dictionary_set(folder)
     task = bundle_task(bundle)
-    metrics = {}
-    for member, d in dictionaries.items():
-        c = d.config
-        hooks = list(dict.fromkeys(c.input_hooks + c.output_hooks))
-        live = LiveActivations(bundle.model, task, hooks, split="test", model_config=bundle.config)
-        stream = live.minibatches(batch_size, seed=EVAL_SEED)
-        metrics[member] = evaluate_dictionary(d, stream, c.input_hooks, c.output_hooks, n_batches)
-    return {"metrics": metrics, "spliced": spliced(bundle, dictionaries, task, n_eval)}
+    return {"metrics": held_out_metrics(bundle, dictionaries, task, batch_size, n_batches),
+            **spliced(bundle, dictionaries, task, n_eval)}
 
 
 def write_features(bundle: ModelBundle, folder: Path, catalog: Catalog, n_sequences: int = 128,

@@ -7,6 +7,13 @@
 - Dead fraction: features that never fired on the evaluated rows.
 - Dense fraction: features that fired on more than ``dense_threshold`` of the rows (default 10%).
 
+Rows at position 0 (the ``<bos>`` token every task starts with) are left out when the minibatches
+carry positions (:func:`evaluate_dictionary`): the first token's activations are one constant outlier
+vector per hook (on transformer-toyworld its ``hook_mlp_out`` has 10-30x the squared norm of any
+other position), so counting it inflates the variance and flatters FVU several-fold (that model's
+layer-1 transcoder: 0.002 with it, 0.017 without). SAELens's ``exclude_special_tokens`` and
+circuit-tracer's dropping of position-0 nodes exclude it for the same reason.
+
 :class:`DictionaryMetrics` accumulates sums over minibatches, so an evaluation over many batches
 needs no more memory than one.
 """
@@ -71,11 +78,15 @@ class DictionaryMetrics:
 @torch.no_grad()
 def evaluate_dictionary(dictionary, minibatches, input_hooks: list[str], output_hooks: list[str],
                         n_batches: int, dense_threshold: float = DENSE_THRESHOLD) -> dict[str, list[float]]:
-    """Per-layer metrics of ``dictionary`` (model units) over ``n_batches`` of an activation stream."""
+    """Per-layer metrics of ``dictionary`` (model units) over ``n_batches`` of an activation stream;
+    rows at position 0 are skipped when the minibatches hold ``"position"`` (module docstring)."""
     metrics = DictionaryMetrics(dense_threshold)
     for i, batch in enumerate(minibatches):
         if i >= n_batches:
             break
+        if "position" in batch:
+            keep = batch["position"] != 0
+            batch = {k: v[keep] for k, v in batch.items()}
         x = torch.stack([batch[h].float() for h in input_hooks], dim=1)
         y = torch.stack([batch[h].float() for h in output_hooks], dim=1)
         recon, acts = dictionary(x if dictionary.config.n_layers > 1 else x[:, 0])

@@ -15,8 +15,15 @@ Metrics, over the evaluated batch (rows in chunks of ``batch_size``, no per-toke
   (``loss_mask[:, 1:]``, the same targets as the model's own training loss).
 - ``loss_replaced[hook]``: the same loss with only that output hook replaced (all other hooks clean).
 - ``loss_all_replaced``: the same loss with every output hook replaced in the same pass.
-- ``agreement``: share of real positions (``tokens != pad``) where the all-replaced model's argmax
-  next token equals the original model's.
+- ``agreement``: share of the predicting positions of those targets (position ``t`` predicts target
+  ``t + 1``) where the all-replaced model's argmax next token equals the original model's. Only
+  positions the model was trained to predict count: a recall row's prompt tokens and every row's last
+  real token (whose next token is padding) carry no trained prediction, and their near-tied argmax
+  would flip under any change (counting them put transformer-recall at 92% although it agrees on
+  every answer).
+
+The caller chooses the rows: :func:`workbench.dictionaries.jobs.spliced` measures held-out rows of the
+distribution the dictionaries were trained on, and separately the task's test split.
 """
 
 from __future__ import annotations
@@ -121,7 +128,7 @@ def _nll_sum(logits: torch.Tensor, tokens: torch.Tensor, mask: torch.Tensor) -> 
 
 @torch.no_grad()
 def spliced_metrics(model, dictionaries: list[Dictionary], tokens: torch.Tensor, loss_mask: torch.Tensor,
-                    pad_id: int, batch_size: int = 32) -> SplicedMetrics:
+                    batch_size: int = 32) -> SplicedMetrics:
     """The metrics of the module docstring on ``tokens`` ``[B, T]`` with targets ``loss_mask`` (target view)."""
     outputs = check_replacement_set(dictionaries)
     was_training = model.training
@@ -144,9 +151,10 @@ def spliced_metrics(model, dictionaries: list[Dictionary], tokens: torch.Tensor,
             sums["all"] += _nll_sum(spliced, tok, mask)
             for h in outputs:
                 sums[h] += _nll_sum(spliced_logits(model, dictionaries, tok, {h}), tok, mask)
-            real = tok != pad_id
-            agree += int(((original.argmax(-1) == spliced.argmax(-1)) & real).sum())
-            positions += int(real.sum())
+            predicting = mask[:, 1:]  # position t predicts target t + 1
+            same = original[:, :-1].argmax(-1) == spliced[:, :-1].argmax(-1)
+            agree += int((same & predicting).sum())
+            positions += int(predicting.sum())
     finally:
         model.train(was_training)
     return SplicedMetrics(loss_original=sums["original"] / n_targets,

@@ -15,6 +15,9 @@ For each model and recipe (``RECIPES``):
    target token) and record the replacement and completeness scores of the full and the pruned
    graphs (mean and min), with the dictionaries' FVU, L0, dead fraction and spliced agreement, in the
    card under ``dictionaries.<recipe>``.
+
+``remeasure`` redoes the measurements of a published set (held-out metrics and spliced metrics, see
+:mod:`workbench.dictionaries.jobs`) without retraining: ``set.json`` and the card are rewritten.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import torch
 from workbench.attribution.attribute import AttributionConfig, attribute
 from workbench.attribution.prune import graph_scores, prune_graph
 from workbench.dictionaries.dictionary_set import SET_FILE, load_dictionary_set, save_dictionary_set
-from workbench.dictionaries.jobs import bundle_task, train_set, write_features
+from workbench.dictionaries.jobs import bundle_task, evaluate_set, train_set, write_features
 from workbench.store.atomic import atomic_write_json, publish_dir, read_json, staging_dir
 from workbench.store.catalog import Catalog
 from workbench.store.model_files import ModelBundle, load_model_folder
@@ -83,17 +86,30 @@ def score_graphs(bundle: ModelBundle, folder: Path, n: int = N_GRAPH_PROMPTS) ->
 
 def card_entry(recipe: dict, meta: dict, graphs: dict) -> dict:
     per_layer = [meta["metrics"][m] for m in sorted(meta["metrics"])]
-    flat = lambda key: [v for m in per_layer for v in m[key]]  # noqa: E731
-    spliced = meta["spliced"]
+    flat = lambda key: [v for m in per_layer for v in m[key]]
+    spliced, test = meta["spliced"], meta["spliced_test"]
     return {"recipe": recipe, "fvu": flat("fvu"), "l0": flat("l0"), "dead_fraction": flat("dead_fraction"),
             "agreement": spliced["agreement"], "loss_original": spliced["loss_original"],
-            "loss_all_replaced": spliced["loss_all_replaced"], "graphs": graphs}
+            "loss_all_replaced": spliced["loss_all_replaced"], "agreement_test": test["agreement"],
+            "loss_original_test": test["loss_original"], "loss_all_replaced_test": test["loss_all_replaced"],
+            "graphs": graphs}
+
+
+def remeasure(bundle: ModelBundle, folder: Path) -> dict:
+    """Re-measure a published set in place (held-out and spliced metrics); returns its new set.json."""
+    meta = read_json(folder / SET_FILE)
+    if "spliced_test" not in meta:  # a set from before held-out measurement: its metrics were the trainer's
+        meta["training_metrics"] = meta.get("metrics")
+    meta |= evaluate_set(bundle, folder)
+    atomic_write_json(folder / SET_FILE, meta)
+    return meta
 
 
 def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list[str] | None = None,
-                             force: bool = False, progress: bool = True, log=print, rescore: bool = False) -> dict:
+                             force: bool = False, progress: bool = True, log=print, rescore: bool = False,
+                             remeasure_only: bool = False) -> dict:
     """Steps 1-3 for one zoo model; recipes already published are skipped unless ``force`` (or only
-    re-scored, step 3, with ``rescore``)."""
+    re-scored, step 3, with ``rescore``; or only re-measured with ``remeasure_only``)."""
     bundle = load_model_folder(model_folder)
     card_path = Path(model_folder) / "card.json"
     for name in recipes or list(RECIPES):
@@ -102,11 +118,17 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
         final = Path(model_folder) / "dictionaries" / name
         card = read_json(card_path)
         if (final / SET_FILE).is_file() and name in card.get("dictionaries", {}) and not force:
+            if remeasure_only:
+                log(f"{bundle.name}/{name}: re-measuring on held-out rows and the test split")
+                graphs = card["dictionaries"][name]["graphs"]
+                card["dictionaries"][name] = card_entry(card["dictionaries"][name]["recipe"],
+                                                        remeasure(bundle, final), graphs)
+                atomic_write_json(card_path, card)
             if rescore:
                 log(f"{bundle.name}/{name}: re-scoring graphs on {N_GRAPH_PROMPTS} test prompts")
                 card["dictionaries"][name]["graphs"] = score_graphs(bundle, final)
                 atomic_write_json(card_path, card)
-            else:
+            elif not remeasure_only:
                 log(f"{bundle.name}/{name}: present, skipped")
             continue
         r = RECIPES[name]
@@ -161,4 +183,4 @@ def demo_graph(models_dir: Path, catalog: Catalog, progress: bool = False) -> di
     return build_graph(bundle, dicts, text, catalog=catalog, name=name, progress=progress)
 
 
-__all__ = ["DEMO_MODEL", "N_GRAPH_PROMPTS", "demo_graph", "register_zoo_dictionaries", "RECIPES", "build_model_dictionaries", "graph_prompts", "score_graphs"]
+__all__ = ["DEMO_MODEL", "N_GRAPH_PROMPTS", "RECIPES", "build_model_dictionaries", "demo_graph", "graph_prompts", "register_zoo_dictionaries", "remeasure", "score_graphs"]
