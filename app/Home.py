@@ -31,7 +31,9 @@ def show_counts() -> None:
     counts = widgets.store_counts() or {}
     cols = st.columns(3)
     cols[0].metric("Models", len(cards), help="model folders with a readable card.json in the zoo")
-    cols[1].metric("Dictionaries", counts.get("dictionary", 0), help="registered in the catalog")
+    cols[1].metric("Dictionary sets", counts.get("dictionary_set", 0),
+                   help=f"replacement sets (a model's per-layer transcoders, or its CLT) in the catalog, "
+                        f"besides {counts.get('dictionary', 0)} single dictionaries")
     cols[2].metric("Graphs", counts.get("graph", 0), help="registered in the catalog")
     st.caption(f"Zoo: {widgets.md_escape(widgets.models_dir())} · catalog: "
                f"{counts.get('model', 0)} models, {counts.get('run', 0)} runs, "

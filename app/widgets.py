@@ -62,9 +62,14 @@ def catalog() -> Catalog:
 
 
 def store_counts() -> dict[str, int] | None:
-    """Artifacts per kind in the catalog; None (with a warning shown) when it cannot be read."""
+    """Artifacts per kind in the catalog; None (with a warning shown) when it cannot be read. Kind
+    ``dictionary`` holds sets (a model's per-layer transcoders or its CLT, as ``wb dict train`` and the
+    zoo register them) and their single members (which carry a ``config``): they are counted apart, as
+    ``dictionary_set`` and ``dictionary``."""
     try:
-        df = catalog().query("SELECT kind, count(*) AS n FROM artifacts GROUP BY kind")
+        df = catalog().query(
+            "SELECT CASE WHEN kind = 'dictionary' AND json_extract(meta, '$.config') IS NULL "
+            "THEN 'dictionary_set' ELSE kind END AS kind, count(*) AS n FROM artifacts GROUP BY 1")
     except Exception as err:  # noqa: BLE001 - a locked or damaged catalog must not break the page
         st.warning(f"The catalog could not be read: {md_escape(err)}")
         return None

@@ -80,6 +80,18 @@ def test_empty_zoo(zoo):
     assert "wb zoo build" in run(MODELS).info[0].value
 
 
+def test_home_counts_dictionary_sets_apart_from_their_members(zoo, tmp_path):
+    from workbench.store import Catalog
+    cat = Catalog(tmp_path / "artifacts")
+    cat.register("dictionary", "m-transcoder-L0-1", tmp_path, {"kind": "transcoder", "layers": [0, 1]})
+    for member in ("layer0", "layer1"):
+        cat.register("dictionary", f"m-transcoder-L0-1/{member}", tmp_path, {"config": {"kind": "transcoder"}})
+    cat.register("graph", "g", tmp_path, {})
+    home = run(HOME)
+    assert [m.value for m in home.metric][:3] == ["0", "1", "1"]
+    assert "2 single dictionaries" in home.metric[1].proto.help
+
+
 def test_zoo_table_card_and_curves(zoo):
     write_model(zoo, "alpha", card("alpha", 0.875, 12_345))
     write_model(zoo, "beta", card("beta", 0.5, 67_890, bigram=None), with_curves=False)
