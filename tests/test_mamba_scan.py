@@ -147,8 +147,8 @@ def test_hooks_on_dt_B_C_are_used_by_the_fused_path(monkeypatch):
 
 
 def test_frozen_gates_match_the_fused_forward():
-    """Freezing takes the materialised path (the decay hook is attached); at the prompt's own gate
-    values it reproduces the fused path's logits."""
+    """Freezing hooks dt, B and C but not the derived decay, so the frozen run stays on an unhooked
+    scan path; at the prompt's own gate values it reproduces the live logits."""
     model = tiny()
     toks = torch.randint(0, VOCAB, (2, 10))
     with torch.no_grad():

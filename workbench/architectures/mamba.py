@@ -26,13 +26,14 @@ map u -> out is linear: x is linear in u, the SSM input (dt x) B is linear in x 
 scan is linear for a fixed decay, h C + D x is linear for fixed C, and y * silu(z) is linear in y for a
 fixed silu(z). (z itself then no longer matters: silu(z) is the whole factor.)
 
-Parallel form, two paths computing the same function. While a hook reads or changes the decay or the
-states (``hook_decay_gate``, ``hook_state``: caching them, freezing gates, patching), the decays and
-states are materialised as ``[B, T, d_inner, N]`` tensors behind their hooks and scanned with
-:func:`~workbench.architectures.scan.patchable_linear_scan`. Otherwise (training, generation, any run
-that leaves those two hooks alone) :func:`selective_scan` computes the same outputs without them (below).
-:meth:`MambaMixer.forward_sequential` is the one-token-at-a-time recurrence (the reference's ``step``),
-which the tests hold equal to both.
+Parallel form, three paths computing the same function. While a hook reads or changes the decay or the
+states (``hook_decay_gate``, ``hook_state``: caching them, patching), the decays and states are
+materialised as ``[B, T, d_inner, N]`` tensors behind their hooks and scanned with
+:func:`~workbench.architectures.scan.patchable_linear_scan`. Otherwise (training, generation, gate
+freezing, any run that leaves those two hooks alone) :func:`selective_scan` computes the same outputs
+without them (below), or, when every batch row has the same dt, B and C, :func:`shared_kernel_scan`
+does ("Shared coefficients", below). :meth:`MambaMixer.forward_sequential` is the one-token-at-a-time
+recurrence (the reference's ``step``), which the tests hold equal to all of them.
 
 Fused selective scan. The materialised path is memory bound: for training it writes and reads the
 decays, inputs, states and their gradients, each ``[B, T, d_inner, N]`` (34 MB at the benchmark's
@@ -50,6 +51,37 @@ Double backward goes through the materialised form. At the benchmark's size (ben
 T = 256, batch 16, one thread) the scan's forward+backward went from ~490 ms to ~38 ms per layer and
 the whole model's training step ~5.5x faster; the tests hold the two paths and the recurrence equal in
 float64, gradients included (tests/test_mamba_scan.py, tests/test_recurrent_basic.py).
+
+Shared coefficients. Attribution (workbench/attribution/attribute.py) runs the frozen model on a batch
+of copies of one prompt, and gate freezing hands every copy the prompt's dt, B and C expanded over the
+batch (batch stride 0): only x differs between rows, so the scan is one linear map per channel, the
+same for every row: ``y[b, t, d] = sum_{s <= t} K[t, s, d] x[b, s, d]`` with ``K[t, s, d] = sum_n
+C_t[n] exp(A[d, n] (S_t - S_s)[d]) dt_s[d] B_s[n]``, S the cumulative sum of dt; h0 adds
+``sum_n C_t[n] exp(A[d, n] S_t[d]) h0[b, d, n]``, and ``h_T[b, d, n] = sum_s exp(A[d, n] (S_T - S_s)[d])
+dt_s[d] B_s[n] x[b, s, d] + exp(A[d, n] S_T[d]) h0[b, d, n]``.
+:func:`shared_kernel_scan` builds ``K [d_inner, T, T]`` once from the first row and applies it as one
+batched matmul over d_inner; autograd's backward is the transposed matmul, ``b T^2 d_inner``
+multiply-adds at matmul speed instead of a scan through ``b T d_inner N`` states, and attribution
+repeats that backward once per batch of 64 targets on the retained graph. K is built in blocks of
+rows (16 at d_inner = 128, N = 16, ``KERNEL_BLOCK_ELEMENTS``): the diagonal block term by term, its
+exponent set to 0 above the diagonal before the exponential (so nothing overflows), and the columns
+before the block as a rank-N matmul through the block's start R, ``exp(A (S_t - R)) exp(A (R - S_s))``,
+both exponents <= 0; S is summed in float64 so that ``S_t - S_s`` keeps its digits. The blocks are
+plain torch ops under checkpointing: a backward pass that wants dt, B, C or A recomputes them and
+autograd differentiates them, one that wants only x (attribution's) never touches them, and nothing
+of size ``[T, T, d_inner, N]`` exists at once. The path runs when dt, B and C all have batch 1 or
+batch stride 0, x has batch > 1, neither ``hook_decay_gate`` nor ``hook_state`` is hooked,
+``d_inner T^2 <= KERNEL_MAX_ELEMENTS`` (T <= 512 at d_inner = 128) and batch >= T / 8 if x requires
+grad (T / 4 for a forward pass alone): K costs ~T^2 to build where the scan costs ~batch T per pass,
+and at those ratios one forward plus one backward pass is about even with the fused scan, every
+further backward pass on the graph a gain. Measured (one thread, d_inner = 128, N = 16, batch 64):
+at T = 256 the forward pass took 58 ms against the fused scan's 57 ms and a backward pass to x 21 ms
+against 88 ms; at T = 64, 8 and 2 ms against 15 and 21 ms. In ``benchmarks/attribution.py --archs
+mamba`` (batch 64, one thread) our time went from 0.34 / 2.62 / 65.9 s to 0.10 / 1.21 / 15.2 s at
+16 / 64 / 256 tokens, 6.6-11.5x faster than one backward pass per row (was 3.2-4.6x); of one batch's
+backward pass at 256 tokens (112 ms) the kernel's matmuls and transposes are now ~30 ms, the rest the
+model's linear maps, depthwise conv and gates. The tests hold this path equal to the other two in
+float64, gradients included (tests/test_mamba_shared_kernel.py).
 
 State patching propagates: patching ``mixer.ssm.hook_state`` at position t replaces h_t, and the
 states after t are recomputed from it (scan.py, "Patchable states"), so outputs at t and later change
@@ -70,6 +102,7 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from transformer_lens.hook_points import HookPoint
 
 from workbench.architectures.components import (
@@ -96,6 +129,11 @@ DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4  # the reference implementation's dt
 # few [chunk, B, N, d_inner] buffers stay near the core's 1 MiB L2 cache on the machines we time on).
 CHUNK_ELEMENTS = 1 << 18
 LOG2_E = 1.4426950408889634
+# The shared-coefficient path (module docstring, "Shared coefficients"): a diagonal block's decays
+# [rows, rows, d_inner, N] hold at most this many elements (rows = 16 at d_inner = 128, N = 16: the
+# fastest here), and the kernel [d_inner, T, T] is built only up to this size (T = 512 at d_inner = 128).
+KERNEL_BLOCK_ELEMENTS = 1 << 19
+KERNEL_MAX_ELEMENTS = 1 << 25
 
 
 def _is_hooked(hook: HookPoint) -> bool:
@@ -198,6 +236,93 @@ class _SelectiveScan(torch.autograd.Function):
                 g_h0, None)
 
 
+def _shared(t: torch.Tensor) -> bool:
+    """Whether every batch row of ``t`` is the same one: batch 1, or expanded (batch stride 0)."""
+    return t.shape[0] == 1 or t.stride(0) == 0
+
+
+def _use_shared_kernel(dt: torch.Tensor, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> bool:
+    """Whether :func:`shared_kernel_scan` pays off here (module docstring, "Shared coefficients")."""
+    batch, steps, d_inner = x.shape
+    if batch < 2 or not (_shared(dt) and _shared(B) and _shared(C)) or d_inner * steps * steps > KERNEL_MAX_ELEMENTS:
+        return False
+    backward = torch.is_grad_enabled() and x.requires_grad
+    return (8 if backward else 4) * batch >= steps
+
+
+def _kernel_block(S: torch.Tensor, dt: torch.Tensor, A2: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                  t0: int, t1: int) -> torch.Tensor:
+    """Rows ``t0 <= t < t1`` of the scan's kernel ``K[t, s, d] = sum_n C[t, n] exp(A[d, n] (S[t, d] - S[s, d]))
+    dt[s, d] B[s, n]`` (``s <= t``; 0 above the diagonal), as ``[d_inner, t1 - t0, T]``. ``S`` is the
+    cumulative sum of dt (float64), ``A2 = A log2 e``. Columns ``t0 <= s < t1`` (the diagonal block) are
+    computed term by term; columns ``s < t0`` factor through ``R = S[t0 - 1]`` as
+    ``exp(A (S_t - R)) exp(A (R - S_s))`` (both exponents <= 0), a rank-N matmul per d_inner."""
+    steps, d_inner = dt.shape
+    rows = t1 - t0
+    pos = torch.arange(t0, t1, device=dt.device)
+    causal = pos[:, None] >= pos  # [rows, rows]
+    # masked before the exponential: above the diagonal A (S_t - S_s) > 0 could overflow
+    gap = torch.where(causal[..., None], S[t0:t1, None] - S[None, t0:t1], 0).to(dt.dtype)  # [rows, rows, d_inner]
+    CB = C[t0:t1, None, :] * B[None, t0:t1, :] * causal[..., None]  # [rows, rows, N]
+    diagonal = torch.matmul(torch.exp2(gap[..., None] * A2), CB[..., None]).squeeze(-1) * dt[t0:t1]
+    parts = [diagonal.permute(2, 0, 1)]  # [d_inner, rows, rows]
+    if t0 > 0:
+        R = S[t0 - 1]
+        P = torch.exp2((S[t0:t1] - R).to(dt.dtype)[..., None] * A2) * C[t0:t1, None, :]  # [rows, d_inner, N]
+        Q = torch.exp2((R - S[:t0]).to(dt.dtype)[..., None] * A2) * (dt[:t0, :, None] * B[:t0, None, :])
+        parts.insert(0, torch.bmm(P.transpose(0, 1), Q.permute(1, 2, 0)))  # [d_inner, rows, t0]
+    if t1 < steps:
+        parts.append(dt.new_zeros(d_inner, rows, steps - t1))
+    return torch.cat(parts, dim=2)
+
+
+class _Transposed(torch.autograd.Function):
+    """``m.t().contiguous()`` for a matrix, whose backward is a contiguous transpose too: the kernel's
+    matmuls run over d_inner, and handing them (and taking back from them) gradients as strided views
+    of ``[B, T, d_inner]`` would make each matmul copy its operands matrix by matrix (slower than the
+    matmul's own arithmetic at T = 256)."""
+
+    @staticmethod
+    def forward(ctx, m):
+        return m.t().contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.t().contiguous()
+
+
+def shared_kernel_scan(dt: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+                       h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`selective_scan` for coefficients shared by every batch row (dt, B, C of batch 1 or expanded
+    to the batch with stride 0; x per row): the scan's kernel ``K [d_inner, T, T]`` is built once from the
+    first row and applied as one batched matmul over d_inner (module docstring, "Shared coefficients").
+    Plain torch ops throughout, so autograd gives every gradient; the kernel's blocks are checkpointed
+    (recomputed by a backward pass that wants dt, A, B or C, never kept)."""
+    dt, B, C = dt[0], B[0], C[0]
+    steps, d_inner = dt.shape
+    d_state = A.shape[1]
+    A2 = A * LOG2_E  # [d_inner, N]
+    S = dt.to(torch.float64).cumsum(0)  # [T, d_inner]; float64 so that S_t - S_s keeps its digits
+    rows = max(1, math.isqrt(KERNEL_BLOCK_ELEMENTS // (d_inner * d_state)))  # a diagonal block's decays
+    build = _kernel_block
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (dt, A, B, C)):
+        def build(*args):
+            return checkpoint(_kernel_block, *args, use_reentrant=False, preserve_rng_state=False)
+    K = torch.cat([build(S, dt, A2, B, C, t0, min(t0 + rows, steps)) for t0 in range(0, steps, rows)], dim=1)
+    batch = x.shape[0]
+    x_d = _Transposed.apply(x.reshape(batch * steps, d_inner)).view(d_inner, batch, steps)  # [d_inner, batch, T]
+    y = torch.bmm(x_d, K.transpose(1, 2))  # [d_inner, batch, T (t)]
+    # h_T = sum_s exp(A (S_T - S_s)) dt_s B_s x_s (+ exp(A S_T) h0)
+    gap = (S[-1] - S).to(dt.dtype)  # [T, d_inner]
+    to_end = torch.exp2(gap[..., None] * A2) * (dt[..., None] * B[:, None, :])  # [T, d_inner, N]
+    h_last = torch.bmm(x_d, to_end.transpose(0, 1)).transpose(0, 1)  # [batch, d_inner, N]
+    if h0 is not None:
+        from_start = torch.exp2(S.to(dt.dtype)[..., None] * A2)  # [T, d_inner, N]: exp(A S_t)
+        y = y + torch.matmul(h0.transpose(0, 1), (from_start * C[:, None, :]).permute(1, 2, 0))
+        h_last = h_last + from_start[-1] * h0
+    return _Transposed.apply(y.reshape(d_inner, batch * steps)).view(batch, steps, d_inner), h_last
+
+
 def selective_scan(dt: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
                    h0: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """``(sum_n C h [B, T, d_inner], h_T [B, d_inner, N])`` for the selective SSM (module docstring),
@@ -241,7 +366,8 @@ class SelectiveSSM(nn.Module):
         dt, B, C = self.selection(x)
         dt, B, C = self.hook_dt_gate(dt), self.hook_B_gate(B), self.hook_C_gate(C)
         if x.shape[1] and not (_is_hooked(self.hook_decay_gate) or _is_hooked(self.hook_state)):
-            y, h_last = selective_scan(dt, x, -torch.exp(self.A_log), B, C, h0)
+            scan = shared_kernel_scan if _use_shared_kernel(dt, x, B, C) else selective_scan
+            y, h_last = scan(dt, x, -torch.exp(self.A_log), B, C, h0)
             return y + self.D * x, h_last
         decay = self.hook_decay_gate(torch.exp(dt.unsqueeze(-1) * -torch.exp(self.A_log)))
         inp = (dt * x).unsqueeze(-1) * B.unsqueeze(2)  # [B, T, d_inner, N]

@@ -24,7 +24,9 @@ position-wise map hook_mlp_in -> hook_mlp_out, and the mLSTM block has none to r
 sLSTM block ("post up-projection", reference ``sLSTMLayer`` + gated FFN), mixer:
 
     x_c = conv(x) * sigmoid(conv(x))               feeds i and f only; sigmoid behind mixer.hook_conv_gate
-    W x = [W_i x_c, W_f x_c, W_z x, W_o x]         block-diagonal per head, no bias (the cell has it)
+    W x = [W_i x_c, W_f x_c, W_z x, W_o x]         block-diagonal per head, no bias (the cell has it);
+                                                   passed as four parts, unstacked (xlstm_cells.py,
+                                                   fixed-gate sLSTM: a frozen backward reads W_z x only)
     y = GroupNorm(sLSTM(W x))                      mixer.cell (xlstm_cells.py); per-head norm
 MLP-like part: the gated feed-forward W_down(gelu(W_g x) * W_u x), width ffn_proj_factor * d (1.3, as
 the reference); gelu(W_g x) behind mlp.hook_act_gate, so the FFN too is in gate form.
@@ -156,8 +158,8 @@ class SLSTMLayer(nn.Module):
         window, cell_state = state if state is not None else (None, None)
         conv, window = self.conv(x, window)
         x_c = silu_gate_form(conv, self.hook_conv_gate)
-        wx = torch.stack([self.W_i(x_c), self.W_f(x_c), self.W_z(x), self.W_o(x)], dim=2)
-        h, cell_state = self.cell(wx.unflatten(-1, (self.cell.n_heads, -1)), cell_state)
+        parts = (self.W_i(x_c), self.W_f(x_c), self.W_z(x), self.W_o(x))
+        h, cell_state = self.cell(tuple(p.unflatten(-1, (self.cell.n_heads, -1)) for p in parts), cell_state)
         return self.group_norm(h.flatten(-2)), (window, cell_state)
 
 
