@@ -25,6 +25,14 @@ import torch
 GATE_SUFFIXES = ("_gate", "_scale", "hook_scale", "hook_pattern")
 
 
+def batch_shared(t: torch.Tensor) -> bool:
+    """Whether every batch row of ``t`` is the same memory: batch 1, or expanded (batch stride 0).
+    Frozen gates reach a batch of copies of one prompt this way (attribution expands the recorded
+    values), which lets a module build its batch-independent operator once (Mamba's scan kernel,
+    the mLSTM's [T, T] weights, the fixed-gate sLSTM's step matrices)."""
+    return t.shape[0] == 1 or t.stride(0) == 0
+
+
 def is_gate_hook(name: str) -> bool:
     return name.endswith(GATE_SUFFIXES)
 

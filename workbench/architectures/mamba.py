@@ -112,6 +112,7 @@ from workbench.architectures.components import (
     CausalConv1d,
     silu_gate_form,
 )
+from workbench.architectures.gate_form import batch_shared
 from workbench.architectures.scan import linear_scan, patchable_linear_scan
 
 DEFAULTS = {
@@ -236,15 +237,11 @@ class _SelectiveScan(torch.autograd.Function):
                 g_h0, None)
 
 
-def _shared(t: torch.Tensor) -> bool:
-    """Whether every batch row of ``t`` is the same one: batch 1, or expanded (batch stride 0)."""
-    return t.shape[0] == 1 or t.stride(0) == 0
-
-
 def _use_shared_kernel(dt: torch.Tensor, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> bool:
     """Whether :func:`shared_kernel_scan` pays off here (module docstring, "Shared coefficients")."""
     batch, steps, d_inner = x.shape
-    if batch < 2 or not (_shared(dt) and _shared(B) and _shared(C)) or d_inner * steps * steps > KERNEL_MAX_ELEMENTS:
+    shared = batch_shared(dt) and batch_shared(B) and batch_shared(C)
+    if batch < 2 or not shared or d_inner * steps * steps > KERNEL_MAX_ELEMENTS:
         return False
     backward = torch.is_grad_enabled() and x.requires_grad
     return (8 if backward else 4) * batch >= steps

@@ -103,6 +103,7 @@ from torch import nn
 from transformer_lens.hook_points import HookPoint
 
 from workbench.architectures.components import tanh_ratio
+from workbench.architectures.gate_form import batch_shared
 from workbench.architectures.recurrence import (
     any_hooked,
     hooked_recurrence,
@@ -177,11 +178,6 @@ def mlstm_scan(q, k, v, i_pre, f_pre, state: tuple | None = None, hooks=None):
     return h, (C[:, -1], n[:, -1], m[:, -1])
 
 
-def _batch_shared(x: torch.Tensor) -> bool:
-    """Whether every batch row of ``x`` is the same memory (one row, or expanded: stride 0)."""
-    return x.shape[0] == 1 or x.stride(0) == 0
-
-
 def _log_gate(f_gate: torch.Tensor) -> torch.Tensor:
     """log f', -inf where f' = 0 (the first position from an empty state), with gradient 0 there
     instead of 0 * inf."""
@@ -221,7 +217,7 @@ def mlstm_gated(q, k, v, i_pre, f_pre, state: tuple | None = None, hooks=None):
     f_gate = hooks.hook_f_gate(torch.exp(log_f + shift_in(m, m0) - m))
     i_gate = hooks.hook_i_gate(torch.exp(i_pre - m))
     gates = (q, k, i_gate, f_gate)
-    if all(_batch_shared(x) for x in gates):
+    if all(batch_shared(x) for x in gates):
         gates = tuple(x[:1] for x in gates)
     qh, kh, i_h, log_fh = (x.transpose(1, 2) for x in (*gates[:3], _log_gate(gates[3])))  # [b, H, T(, d)]
     decay = torch.exp(_segment_sums(log_fh)) * i_h.unsqueeze(-2)  # [b, H, t, j]: prod f' * i'_j
@@ -240,7 +236,7 @@ def mlstm_gated(q, k, v, i_pre, f_pre, state: tuple | None = None, hooks=None):
         C_T = C_T + carried[..., -1, None, None] * C0
         n_T = n_T + carried[..., -1, None] * n0
     scale = hooks.hook_norm_scale(_safe_denominator(overlap.transpose(1, 2).unsqueeze(-1), m.unsqueeze(-1)))
-    if weights.shape[0] == 1 and batch > 1 and _batch_shared(scale):
+    if weights.shape[0] == 1 and batch > 1 and batch_shared(scale):
         # one [T, T] @ [T, B d_v] per head, the normaliser folded into the weights
         heads, steps, d_v = vh.shape[1], vh.shape[2], vh.shape[3]
         flat = vh.permute(1, 2, 0, 3).reshape(heads, steps, batch * d_v)
@@ -382,7 +378,7 @@ class SLSTMCell(nn.Module):
         c0, n0, m0, h0 = carry
         i_gate, f_gate, z_gate, o_gate, scale = (gates[name] for name in SLSTM_GATES)  # [B, T, H, d]
         batch = wx.shape[0]
-        shared = all(_batch_shared(g) for g in gates.values())
+        shared = all(batch_shared(g) for g in gates.values())
         if shared:
             i_gate, f_gate, z_gate, o_gate, scale = (g[:1] for g in (i_gate, f_gate, z_gate, o_gate, scale))
         a, b = o_gate / scale, i_gate * z_gate  # h_t = a_t c_t; c_t gains b_t z~_t
