@@ -114,15 +114,15 @@ def spliced(bundle, dictionaries: dict, task, n_eval: int) -> dict:
 def held_out_metrics(bundle: ModelBundle, dictionaries: dict, task, batch_size: int = 512,
                      n_batches: int = 8) -> dict:
     """Per-member FVU / L0 / dead / dense on ``n_batches`` x ``batch_size`` held-out token rows
-    (position 0 left out), streamed live from the model."""
+    (position 0 left out), streamed live from the model once for every member's hooks."""
+    hooks = list(dict.fromkeys(h for d in dictionaries.values() for h in d.config.input_hooks + d.config.output_hooks))
+    live = LiveActivations(bundle.model, task, hooks, split=HELD_OUT_SPLIT, model_config=bundle.config)
+    stream = live.minibatches(batch_size, seed=EVAL_SEED, positions=True)
+    rows = [batch for _, batch in zip(range(n_batches), stream, strict=False)]
     metrics = {}
     for member, d in dictionaries.items():
-        c = d.config
-        hooks = list(dict.fromkeys(c.input_hooks + c.output_hooks))
-        live = LiveActivations(bundle.model, task, hooks, split=HELD_OUT_SPLIT, model_config=bundle.config)
-        stream = live.minibatches(batch_size, seed=EVAL_SEED, positions=True)
-        metrics[member] = evaluate_dictionary(d, stream, c.input_hooks, c.output_hooks, n_batches)
-        metrics[member] |= {"rows": batch_size * n_batches, "split": HELD_OUT_SPLIT}
+        metrics[member] = evaluate_dictionary(d, rows, d.config.input_hooks, d.config.output_hooks, n_batches)
+        metrics[member] |= {"rows": sum(len(b["position"]) for b in rows), "split": HELD_OUT_SPLIT}
     return metrics
 
 
