@@ -19,7 +19,14 @@ import numpy as np
 import torch
 
 from workbench.attribution.graph import Graph
-from workbench.attribution.graph_file import GraphFile, feature_address, graph_to_json, validate_graph_json
+from workbench.attribution.graph_file import (
+    GraphFile,
+    feature_address,
+    graph_to_json,
+    logit_vocab_ids,
+    node_id,
+    validate_graph_json,
+)
 from workbench.attribution.prune_sparse import Edges, SparsePruned
 
 DRAW_NODES, DRAW_EDGES = 1500, 20_000  # above these the view keeps the most influential / strongest
@@ -55,38 +62,16 @@ class GraphView:
 
 # ---- from our Graph ---------------------------------------------------------------------------------
 
-def node_id(graph: Graph, i: int) -> str:
-    """Node ``i``'s id in graph_file's scheme (custom logit directions: vocab_size + k, else -(k + 1))."""
-    kind = graph.node_kind(i)
-    if kind == "feature":
-        layer, pos, feat = (int(v) for v in graph.active_features[i])
-        return f"{layer}_{feat}_{pos}"
-    if kind == "error":
-        layer, pos = divmod(i - graph.error_start, graph.n_pos)
-        return f"{layer}_-1_{pos}"
-    if kind == "token":
-        pos = i - graph.token_start
-        return f"E_{int(graph.input_tokens[pos])}_{pos}"
-    k = i - graph.logit_start
-    vocab = int(graph.logit_tokens[k])
-    if vocab < 0:
-        size = graph.metadata.get("vocab_size") or graph.metadata.get("d_vocab")
-        vocab = size + k if size else -(k + 1)
-    return f"{graph.n_layers + 1}_{vocab}_{graph.n_pos - 1}"
-
-
 def _graph_node(graph: Graph, i: int) -> tuple[str, int, int, float, tuple[int, int] | None]:
     """(kind, row, position, value, feature address) of node ``i``."""
-    kind = graph.node_kind(i)
+    kind, layer, pos, number = graph.node_address(i)
     if kind == "feature":
-        layer, pos, feat = (int(v) for v in graph.active_features[i])
-        return kind, layer + 1, pos, float(graph.activations[i]), (layer, feat)
+        return kind, layer + 1, pos, float(graph.activations[i]), (layer, number)
     if kind == "error":
-        layer, pos = divmod(i - graph.error_start, graph.n_pos)
         return kind, layer + 1, pos, float(graph.values[i]), None
     if kind == "token":
-        return kind, 0, i - graph.token_start, math.nan, None
-    return kind, graph.n_layers + 1, graph.n_pos - 1, float(graph.values[i]), None
+        return kind, 0, pos, math.nan, None
+    return kind, graph.n_layers + 1, pos, float(graph.values[i]), None
 
 
 def cap_to_budget(graph: Graph, pruned: SparsePruned, max_nodes: int = DRAW_NODES,
@@ -120,12 +105,13 @@ def view_from_graph(graph: Graph, pruned: SparsePruned, node_mask: torch.Tensor,
     """The nodes ``node_mask`` keeps and the edges ``edge_keep`` keeps between them."""
     kept = node_mask.nonzero().flatten()
     nodes = [_graph_node(graph, int(i)) for i in kept]
+    logit_ids = logit_vocab_ids(graph)
     position = torch.full((graph.n_nodes,), -1, dtype=torch.long)
     position[kept] = torch.arange(len(kept))
     edges: Edges = pruned.edges
     keep = edge_keep & node_mask[edges.target] & node_mask[edges.source]
     return GraphView(
-        ids=[node_id(graph, int(i)) for i in kept], kinds=[n[0] for n in nodes],
+        ids=[node_id(graph, int(i), logit_ids) for i in kept], kinds=[n[0] for n in nodes],
         labels=[graph.node_label(int(i)) for i in kept],
         row=np.array([n[1] for n in nodes], dtype=int), pos=np.array([n[2] for n in nodes], dtype=int),
         value=np.array([n[3] for n in nodes], dtype=float),

@@ -115,18 +115,31 @@ class Graph:
     def dense_adjacency(self) -> torch.Tensor:
         return self.adjacency.to_dense() if self.adjacency.is_sparse else self.adjacency
 
-    def node_label(self, index: int) -> str:
+    def node_address(self, index: int) -> tuple[str, int | None, int, int | None]:
+        """``(kind, layer, position, number)`` of a node: a feature's layer, position and feature index;
+        an error's layer and position (number None); a token's position and vocabulary id (layer
+        None); a logit's slot k among the logit targets, at the last position (layer None)."""
         kind = self.node_kind(index)
         if kind == "feature":
             layer, pos, feat = (int(v) for v in self.active_features[index])
-            return f"L{layer} F{feat} @{pos} {self.token_strings[pos]!r}"
+            return kind, layer, pos, feat
         if kind == "error":
             layer, pos = divmod(index - self.error_start, self.n_pos)
-            return f"L{layer} error @{pos} {self.token_strings[pos]!r}"
+            return kind, layer, pos, None
         if kind == "token":
             pos = index - self.token_start
+            return kind, None, pos, int(self.input_tokens[pos])
+        return kind, None, self.n_pos - 1, index - self.logit_start
+
+    def node_label(self, index: int) -> str:
+        kind, layer, pos, number = self.node_address(index)
+        if kind == "feature":
+            return f"L{layer} F{number} @{pos} {self.token_strings[pos]!r}"
+        if kind == "error":
+            return f"L{layer} error @{pos} {self.token_strings[pos]!r}"
+        if kind == "token":
             return f"token {self.token_strings[pos]!r} @{pos}"
-        return f"logit {self.logit_labels[index - self.logit_start]!r}"
+        return f"logit {self.logit_labels[number]!r}"
 
     def check(self) -> None:
         """Raise if the parts disagree in size (a damaged or hand-edited file)."""

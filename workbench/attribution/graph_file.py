@@ -82,25 +82,40 @@ def _node(node_id, feature, layer, pos, feature_type, js_id, **rest) -> dict:
             "activation": rest.get("activation")}
 
 
-def _graph_node(graph: Graph, i: int, influence, logit_ids: list[int]) -> dict:
-    kind, inf = graph.node_kind(i), None if influence is None else float(influence[i])
+def logit_vocab_ids(graph: Graph, vocab_size: int | None = None) -> list[int]:
+    """The ``feature`` number of each logit node: its vocabulary id; a custom direction (token -1)
+    gets ``vocab_size + k`` as in circuit-tracer, or ``-(k + 1)`` when the size is unknown."""
+    vocab_size = vocab_size or graph.metadata.get("vocab_size") or graph.metadata.get("d_vocab")
+    return [t if t >= 0 else (vocab_size + k if vocab_size else -(k + 1))
+            for k, t in enumerate(graph.logit_tokens.tolist())]
+
+
+def node_id(graph: Graph, i: int, logit_ids: list[int]) -> str:
+    """Node ``i``'s ``node_id`` (module docstring, step 4); ``logit_ids`` from :func:`logit_vocab_ids`."""
+    kind, layer, pos, number = graph.node_address(i)
     if kind == "feature":
-        layer, pos, feat = (int(v) for v in graph.active_features[i])
-        return _node(f"{layer}_{feat}_{pos}", cantor_pair(layer, feat), layer, pos, "cross layer transcoder",
-                     f"{layer}_{feat}-0", influence=inf, activation=float(graph.activations[i]))
+        return f"{layer}_{number}_{pos}"
     if kind == "error":
-        layer, pos = divmod(i - graph.error_start, graph.n_pos)
-        return _node(f"{layer}_-1_{pos}", -1, layer, pos, "mlp reconstruction error", f"{layer}_-1-{pos}",
-                     influence=inf)
+        return f"{layer}_-1_{pos}"
     if kind == "token":
-        pos = i - graph.token_start
-        vocab = int(graph.input_tokens[pos])
-        return _node(f"E_{vocab}_{pos}", pos, "E", pos, "embedding", f"E_{vocab}-{pos}", influence=inf)
-    k, pos, layer = i - graph.logit_start, graph.n_pos - 1, graph.n_layers + 1
-    prob, vocab = float(graph.logit_probabilities[k]), logit_ids[k]
-    label = process_token(graph.logit_labels[k])
-    return _node(f"{layer}_{vocab}_{pos}", vocab, layer, pos, "logit", f"L_{vocab}-{pos}", token_prob=prob,
-                 is_target_logit=k == 0, clerp=f'Output "{label}" (p={prob:.3f})')
+        return f"E_{number}_{pos}"
+    return f"{graph.n_layers + 1}_{logit_ids[number]}_{pos}"
+
+
+def _graph_node(graph: Graph, i: int, influence, logit_ids: list[int]) -> dict:
+    kind, layer, pos, number = graph.node_address(i)
+    inf, nid = None if influence is None else float(influence[i]), node_id(graph, i, logit_ids)
+    if kind == "feature":
+        return _node(nid, cantor_pair(layer, number), layer, pos, "cross layer transcoder", f"{layer}_{number}-0",
+                     influence=inf, activation=float(graph.activations[i]))
+    if kind == "error":
+        return _node(nid, -1, layer, pos, "mlp reconstruction error", f"{layer}_-1-{pos}", influence=inf)
+    if kind == "token":
+        return _node(nid, pos, "E", pos, "embedding", f"E_{number}-{pos}", influence=inf)
+    prob, vocab, layer = float(graph.logit_probabilities[number]), logit_ids[number], graph.n_layers + 1
+    label = process_token(graph.logit_labels[number])
+    return _node(nid, vocab, layer, pos, "logit", f"L_{vocab}-{pos}", token_prob=prob,
+                 is_target_logit=number == 0, clerp=f'Output "{label}" (p={prob:.3f})')
 
 
 def _mask(mask, shape: tuple, name: str) -> torch.Tensor:
@@ -174,9 +189,7 @@ def graph_to_json(graph: Graph, node_mask=None, edge_mask=None, *, slug: str | N
         raise ValueError(f"influence has {len(influence)} entries for a graph of {graph.n_nodes} nodes")
     values, bias = graph.values.detach().cpu().tolist(), graph.bias.detach().cpu().tolist()
     labels = labels or {}
-    vocab_size = vocab_size or graph.metadata.get("vocab_size") or graph.metadata.get("d_vocab")
-    logit_ids = [t if t >= 0 else (vocab_size + k if vocab_size else -(k + 1))
-                 for k, t in enumerate(graph.logit_tokens.tolist())]
+    logit_ids = logit_vocab_ids(graph, vocab_size)
     nodes, ids = [], {}
     for i in kept:
         node = _graph_node(graph, i, influence, logit_ids)
@@ -353,6 +366,19 @@ def json_to_graph(gf: GraphFile) -> Graph:
     return graph
 
 
-__all__ = ["FEATURE_TYPE_KINDS", "GRAPH_JSON_SCHEMA", "GraphFile", "GraphFileError", "cantor_pair",
-           "feature_address", "graph_to_json", "json_to_graph", "load_graph_json", "process_token",
-           "save_graph_json", "validate_graph_json"]
+__all__ = [
+    "FEATURE_TYPE_KINDS",
+    "GRAPH_JSON_SCHEMA",
+    "GraphFile",
+    "GraphFileError",
+    "cantor_pair",
+    "feature_address",
+    "graph_to_json",
+    "json_to_graph",
+    "load_graph_json",
+    "logit_vocab_ids",
+    "node_id",
+    "process_token",
+    "save_graph_json",
+    "validate_graph_json",
+]

@@ -58,7 +58,7 @@ def ablation_effects(model, dictionaries, graph: Graph, sources: list[int]) -> t
             i = rows[s]
             writes[b, :, int(rep.active_features[i, 1])] -= rep.feature_writes[i]
         elif kind == "error":
-            layer, pos = divmod(s - graph.error_start, graph.n_pos)
+            _, layer, pos, _ = graph.node_address(s)
             writes[b, layer, pos] -= rep.errors[layer, pos]
         elif kind == "token":
             embeds[b, s - graph.token_start] = 0
