@@ -1,0 +1,60 @@
+"""What every ``wb`` command shares: the Typer apps, the option types, and the error policy.
+
+Every command turns the workbench's errors (unknown names, damaged files, diverged runs) into one
+line on stderr and exit code 2, instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(help="Mechanistic-interpretability workbench: every architecture, the same instruments.",
+                  no_args_is_help=True, add_completion=False)
+zoo_app = typer.Typer(help="Build, verify and list the trained model zoo (models/).", no_args_is_help=True)
+app.add_typer(zoo_app, name="zoo")
+dict_app = typer.Typer(help="Train, evaluate and describe dictionaries (transcoders, CLTs) of a model.",
+                       no_args_is_help=True)
+app.add_typer(dict_app, name="dict")
+
+ArtifactsOpt = Annotated[str | None, typer.Option("--artifacts", help="Artifacts root (default $WB_ARTIFACTS or ./artifacts).")]
+ModelsOpt = Annotated[str | None, typer.Option("--models", help="Zoo folder (default $WB_MODELS or the checkout's models/).")]
+
+
+def friendly_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from workbench.store.atomic import CorruptArtifactError
+        from workbench.training.checkpoint import TrainingDiverged
+
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, KeyError, FileNotFoundError, PermissionError, CorruptArtifactError, TrainingDiverged) as err:
+            msg = err.args[0] if isinstance(err, KeyError) and err.args else err
+            typer.secho(f"error: {msg}", fg="red", err=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def parse_assignments(items: list[str] | None, what: str) -> dict:
+    """``["d_model=128", "act_fn=relu"]`` -> ``{"d_model": 128, "act_fn": "relu"}`` (values as JSON if they parse)."""
+    out = {}
+    for item in items or []:
+        if "=" not in item:
+            raise ValueError(f"{what} {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+ModelArg = Annotated[Path, typer.Option("--model", help="A model folder (e.g. models/transformer-toyworld).")]
+DictArg = Annotated[Path, typer.Option("--dict", help="A dictionary set folder written by `wb dict train`.")]
+ProgressOpt = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+

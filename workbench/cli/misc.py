@@ -1,0 +1,83 @@
+"""`wb tasks`, `wb archs`, `wb app` and `wb demo` (the README's main job)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from workbench.cli.common import (
+    ArtifactsOpt,
+    ModelsOpt,
+    app,
+    friendly_errors,
+)
+
+
+@app.command()
+def tasks():
+    """List the tasks and their parameters."""
+    from workbench.tasks import make_task, task_names
+
+    for name in task_names():
+        typer.echo(f"{name:16s} {json.dumps(make_task(name).params())}")
+
+
+@app.command()
+def archs():
+    """List the architectures and their default configs."""
+    from workbench.architectures import DEFAULTS
+
+    for name, defaults in sorted(DEFAULTS.items()):
+        typer.echo(f"{name:16s} {json.dumps(defaults)}")
+
+
+def launch_app(host: str, port: int, artifacts: str | None, models: str | None) -> None:
+    from workbench.store import artifacts_root, models_root
+
+    home = Path(__file__).resolve().parents[2] / "app" / "Home.py"
+    if not home.is_file():
+        raise FileNotFoundError(f"the app is missing: expected {home}")
+    env = {**os.environ, "WB_ARTIFACTS": str(artifacts_root(artifacts)), "WB_MODELS": str(models_root(models))}
+    cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", host, "--server.port", str(port),
+           "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    typer.echo(f"app on http://{host}:{port}  (Ctrl-C stops it)")
+    raise typer.Exit(subprocess.call(cmd, env=env))
+
+
+@app.command("app")
+@friendly_errors
+def app_cmd(
+    host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean otherwise.")] = "127.0.0.1",
+    port: int = 8501,
+    artifacts: ArtifactsOpt = None,
+    models: ModelsOpt = None,
+):
+    """Open the Streamlit app."""
+    launch_app(host, port, artifacts, models)
+
+
+@app.command()
+@friendly_errors
+def demo(host: str = "127.0.0.1", port: int = 8501, artifacts: ArtifactsOpt = None, models: ModelsOpt = None):
+    """The main job: build the zoo's missing models, verify every model, then open the app."""
+    from workbench.store import Catalog, models_root
+    from workbench.zoo import build_zoo, verify_zoo
+    from workbench.zoo.dictionaries import demo_graph, register_zoo_dictionaries
+
+    catalog, models_dir = Catalog(artifacts), models_root(models)
+    build_zoo(models_dir, catalog, log=typer.echo)
+    rows = verify_zoo(models_dir, catalog)
+    for row in rows:
+        typer.echo(f"{'ok  ' if row.ok else 'FAIL'} {row.name}: {'; '.join(row.problems) or 'matches its card'}")
+    typer.echo(f"{len(register_zoo_dictionaries(models_dir, catalog))} zoo dictionary sets catalogued")
+    graph = demo_graph(models_dir, catalog)
+    if graph:
+        typer.echo(f"graph {graph['name']}: {graph['n_nodes']} nodes, replacement {graph['replacement_score']:.3f}, "
+                   f"completeness {graph['completeness_score']:.3f}; open http://{host}:{port}/Attribution_graph")
+    launch_app(host, port, artifacts, models)
