@@ -5,21 +5,21 @@ page that shows a graph): token positions across, layers up (tokens at the botto
 position) cell over a small grid; :func:`graph_figure` draws them as one plotly trace per node kind and
 the edges as at most six SVG path shapes (sign x three strength bins, colour for the sign, width and opacity
 for |weight| relative to the strongest drawn edge), so a 1,000-node, 10,000-edge graph stays a handful
-of SVG elements. Every label reaches plotly escaped (:func:`html.escape`): plotly renders a subset of HTML
-in hover text and tick labels, and labels come from files. :func:`clicked_node` reads a click
+of SVG elements. Every label reaches plotly escaped (:func:`widgets.plot_text`): plotly renders a subset
+of HTML in hover text and tick labels, and labels come from files. :func:`clicked_node` reads a click
 (``st.plotly_chart(..., on_select="rerun")``) back as a node id; :func:`edge_table` lists a node's inputs
 or outputs as a table, which shows labels as text.
 """
 
 from __future__ import annotations
 
-import html
 import math
 
 import graph_data
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
+import widgets
 
 KIND_STYLE = {  # marker symbol, colour, size
     "feature": ("circle", "#e8a33d", 9), "error": ("square", "#9ca3af", 8), "token": ("diamond", "#334155", 11),
@@ -54,12 +54,12 @@ def hover_texts(view: graph_data.GraphView) -> list[str]:
     """One hover label per node: label, kind, value and influence; the label escaped."""
     out = []
     for label, kind, value, infl in zip(view.labels, view.kinds, view.value, view.influence):
-        parts = [kind]
+        parts = [widgets.plot_text(kind)]
         if math.isfinite(value):
             parts.append(f"{'activation' if kind == 'feature' else 'value'} {value:.4g}")
         if math.isfinite(infl):
             parts.append(f"influence {infl:.3g}")
-        out.append(f"{html.escape(label)}<br>{' · '.join(parts)}")
+        out.append(f"{widgets.plot_text(label)}<br>{' · '.join(parts)}")
     return out
 
 
@@ -118,7 +118,7 @@ def graph_figure(view: graph_data.GraphView, selected: int | None = None, pinned
     if selected is not None:
         fig.add_trace(_rings(view, x, y, [selected], "selected", "#dc2626", 24))
     n_pos = max(len(view.tokens), int(view.pos.max()) + 1 if len(view) else 1)
-    ticks = [html.escape(view.tokens[p]) if p < len(view.tokens) else str(p) for p in range(n_pos)]
+    ticks = [widgets.plot_text(view.tokens[p]) if p < len(view.tokens) else str(p) for p in range(n_pos)]
     rows = ["tokens"] + [f"L{r - 1}" for r in range(1, view.n_rows - 1)] + ["logits"]
     fig.update_layout(
         height=height or min(260 + 90 * view.n_rows, 900), margin={"l": 10, "r": 10, "t": 30, "b": 10},

@@ -13,7 +13,8 @@ AppTest run pages as scripts, not as a package). It imports only the catalog fro
 browsing cards and curves needs neither.
 
 Anything read from a file (names, notes, error messages) is shown with :func:`show_text` or escaped
-with :func:`md_escape`; :func:`token_highlighter` (and :func:`contexts_html`, which lines its output up)
+with :func:`md_escape`; every label put into a plotly figure (axis ticks, hover, legend, titles,
+annotations) goes through :func:`plot_text`; :func:`token_highlighter` (and :func:`contexts_html`, which lines its output up)
 is the one place HTML is built, every token escaped. Dictionary folders are read only inside the
 artifacts root or the zoo (:func:`feature_data.safe_folder`), whichever page or file names them.
 """
@@ -45,6 +46,13 @@ _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&$:])")
 def md_escape(text: object) -> str:
     """``text`` made inert inside st.markdown / st.warning / st.subheader bodies."""
     return _MD_SPECIAL.sub(r"\\\1", str(text))
+
+
+def plot_text(text: object) -> str:
+    """``text`` as plain text inside a plotly figure: plotly renders a subset of HTML in every label
+    (``<a href>`` becomes a live link), so ``&``, ``<`` and ``>`` are escaped. Quotes are left alone:
+    plotly does not decode ``&quot;``."""
+    return html.escape(str(text), quote=False)
 
 
 def models_dir() -> Path:
@@ -198,8 +206,9 @@ def curves_figure(df: pd.DataFrame, metric: str) -> go.Figure | None:
     rows = df[df["metric"] == metric].sort_values("step")
     if rows.empty:
         return None
+    rows = rows.assign(split=rows["split"].map(plot_text))  # split names come from the file: legend and hover
     fig = px.line(rows, x="step", y="value", color="split", markers=len(rows) < 40,
-                  labels={"value": metric, "step": "step"}, title=metric)
+                  labels={"value": plot_text(metric), "step": "step"}, title=plot_text(metric))
     fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10})
     return fig
 

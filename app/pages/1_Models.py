@@ -115,7 +115,7 @@ def show_sweep(card: dict) -> None:
     fig = go.Figure()
     for slots, part in df.sort_values("n_pairs").groupby("slots"):
         fig.add_trace(go.Scatter(x=part["n_pairs"], y=part["accuracy"], mode="lines+markers",
-                                 name=f"{int(slots)} slots ({int(part['seq_len'].iloc[0])} tokens)"))
+                                 name=widgets.plot_text(f"{int(slots)} slots ({int(part['seq_len'].iloc[0])} tokens)")))
     unpadded = df[df["n_pairs"] == df["slots"]].sort_values("n_pairs")
     fig.add_trace(go.Scatter(x=unpadded["n_pairs"], y=unpadded["accuracy"], mode="lines+markers",
                              name="no padding", line={"dash": "dot"}))
@@ -169,6 +169,7 @@ def comparison_figure(cards: list[dict], labels: list[str]) -> go.Figure:
     fig = make_subplots(rows=1, cols=2, subplot_titles=("test accuracy", "parameters"))
     accuracy = [widgets.number(c.get("metrics", {}).get("test_accuracy")) for c in cards]
     params = [widgets.number(c.get("parameters")) for c in cards]
+    labels = [widgets.plot_text(label) for label in labels]  # card names: ticks and hover
     fig.add_trace(go.Bar(x=labels, y=accuracy, name="test accuracy"), row=1, col=1)
     fig.add_trace(go.Bar(x=labels, y=params, name="parameters"), row=1, col=2)
     fig.update_yaxes(tickformat=".0%", row=1, col=1)

@@ -1,4 +1,4 @@
-"""`wb zoo build | dicts | verify | list`: the committed model zoo."""
+"""`wb zoo build | dicts | verify | checksums | list`: the committed model zoo."""
 
 from __future__ import annotations
 
@@ -63,20 +63,39 @@ def zoo_dicts(
 @zoo_app.command("verify")
 @friendly_errors
 def zoo_verify(models: ModelsOpt = None, artifacts: ArtifactsOpt = None):
-    """Re-evaluate every committed model and check it against its card and targets."""
+    """Re-evaluate every committed model and check it against its card and targets; check every model's
+    and dictionary's checksums. Each bad entry fails its own row; exit 1 if any failed."""
     from workbench.store import Catalog, models_root
     from workbench.zoo import verify_zoo
 
     rows = verify_zoo(models_root(models), Catalog(artifacts))
     for row in rows:
         status = typer.style("ok  ", fg="green") if row.ok else typer.style("FAIL", fg="red")
-        acc = row.metrics.get("test_accuracy")
-        detail = f"accuracy {acc:.4f}, perplexity {row.metrics['test_perplexity']:.3f}" if acc is not None else ""
-        typer.echo(f"{status} {row.name:28s} {detail}")
+        acc, ppl = row.metrics.get("test_accuracy"), row.metrics.get("test_perplexity")
+        detail = f"accuracy {acc:.4f}, perplexity {ppl:.3f}" if acc is not None and ppl is not None else row.detail
+        typer.echo(f"{status} {row.name:32s} {detail}")
         for problem in row.problems:
             typer.echo(f"       - {problem}")
     if not all(r.ok for r in rows):
         raise typer.Exit(1)
+
+
+@zoo_app.command("checksums")
+@friendly_errors
+def zoo_checksums(
+    force: Annotated[bool, typer.Option(help="Rewrite existing checksums too, accepting every file as it is now "
+                                             "(after a deliberate edit; check the files first).")] = False,
+    models: ModelsOpt = None,
+):
+    """Write checksums.json into every model and dictionary folder of the zoo that lacks one."""
+    from workbench.store import models_root
+    from workbench.zoo.build import write_zoo_checksums
+
+    models_dir = models_root(models)
+    written = write_zoo_checksums(models_dir, force)
+    for folder in written:
+        typer.echo(f"wrote {folder / 'checksums.json'}")
+    typer.echo(f"{len(written)} folder(s) checksummed" + ("" if force else " (existing checksums kept; --force rewrites)"))
 
 
 @zoo_app.command("list")

@@ -27,13 +27,17 @@ Initialisation: decoder rows are random directions of norm ``init_norm`` (1 unde
 encoder is the decoder's transpose (tied start), other encoders random directions, columns of norm
 ``init_norm``; biases and ``W_skip`` start at zero; JumpReLU thresholds at ``jumprelu_init_threshold``.
 
-On disk a dictionary is a folder ``dictionary.safetensors`` + ``config.json`` (+ ``card.json``),
-published atomically, and loaded strictly.
+On disk a dictionary is a folder ``dictionary.safetensors`` + ``config.json`` (+ ``card.json``) +
+``checksums.json`` (written last), published atomically, and loaded strictly: ``config.json`` must hold
+the required fields (``kind``, ``d_in``, ``n_features``; ``n_layers`` for a CLT), and a missing optional
+field takes its default with a warning; the weights must fit the config, match their checksum
+(:mod:`workbench.store.integrity`) and be finite.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -50,6 +54,13 @@ from workbench.store.atomic import (
     staging_dir,
 )
 from workbench.store.catalog import Catalog
+from workbench.store.integrity import (
+    IntegrityWarning,
+    check_checksums,
+    check_finite,
+    non_finite_constants,
+    write_checksums,
+)
 from workbench.training.strict_config import StrictConfig
 
 DICTIONARY_KINDS = ("sae", "transcoder", "skip_transcoder", "clt")
@@ -298,18 +309,46 @@ def save_dictionary(folder: str | Path, dictionary: Dictionary, card: dict | Non
     atomic_write_json(stage / CONFIG_FILE, dictionary.config.to_dict())
     if card is not None:
         atomic_write_json(stage / CARD_FILE, card)
+    write_checksums(stage)
     return publish_dir(stage, folder)
+
+
+def read_dictionary_config(path: str | Path) -> DictionaryConfig:
+    """A dictionary's ``config.json``: a required field missing is an error naming it and the file; a
+    missing optional field takes its default, with a warning (the file predates the field, or was
+    written by hand)."""
+    path = Path(path)
+    values = read_json(path)
+    if not isinstance(values, dict):  # ValueError: the CLI shows it as one line
+        raise ValueError(  # noqa: TRY004
+            f"{path} should hold a JSON object of dictionary config fields, not {type(values).__name__}")
+    required = [f.name for f in fields(DictionaryConfig) if f.default is MISSING and f.default_factory is MISSING]
+    if values.get("kind") == "clt":
+        required.append("n_layers")  # a CLT's default of 1 layer would misread its weights
+    missing = [name for name in required if name not in values]
+    if missing:
+        raise ValueError(f"{path} lacks the required dictionary config field(s) {missing}; "
+                         f"required: {', '.join(required)}")
+    defaulted = [name for name in DictionaryConfig.__dataclass_fields__ if name not in values]
+    if defaulted:
+        warnings.warn(f"{path} lacks the optional field(s) {defaulted}; using their defaults",
+                      IntegrityWarning, stacklevel=3)
+    try:
+        return DictionaryConfig.from_dict(values)
+    except TypeError as err:  # a value of the wrong type (a string for d_in): name the file
+        raise ValueError(f"{path} holds an unusable dictionary config ({err})") from err
 
 
 def load_dictionary(folder: str | Path) -> Dictionary:
     """Rebuild from ``config.json`` and load the weights strictly: a missing, unexpected or mis-shaped
-    tensor is an error that names it."""
+    tensor is an error that names it; then the checksums and finiteness (module docstring)."""
     folder = Path(folder)
     for required in (CONFIG_FILE, WEIGHTS_FILE):
         if not (folder / required).is_file():
             raise FileNotFoundError(f"dictionary folder {folder} lacks {required}")
-    dictionary = build_dictionary(read_json(folder / CONFIG_FILE))
+    dictionary = build_dictionary(read_dictionary_config(folder / CONFIG_FILE))
     weights = load_safetensors(folder / WEIGHTS_FILE)
+    fresh = non_finite_constants(dictionary)
     expected = dictionary.state_dict()
     missing, unexpected = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
     wrong_shape = [f"{k} {tuple(weights[k].shape)} != {tuple(v.shape)}" for k, v in expected.items()
@@ -317,6 +356,8 @@ def load_dictionary(folder: str | Path) -> Dictionary:
     if missing or unexpected or wrong_shape:
         raise ValueError(f"weights in {folder / WEIGHTS_FILE} do not fit the dictionary built from its config: "
                          f"missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {wrong_shape[:5]}")
+    check_checksums(folder)
+    check_finite(weights, folder / WEIGHTS_FILE, fresh)
     dictionary.load_state_dict(weights)
     return dictionary.eval()
 
@@ -347,5 +388,6 @@ __all__ = [
     "build_dictionary",
     "load_dictionary",
     "load_dictionary_card",
+    "read_dictionary_config",
     "save_dictionary",
 ]

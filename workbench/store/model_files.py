@@ -5,9 +5,13 @@
     tokenizer.json     the vocabulary, so the model can be read without its task code
     card.json          task spec, metrics, parameters, training tokens and time, seed
     curves.parquet     training curves (step, tokens, split, metric, value), when trained here
+    checksums.json     sha256 of each file above, written last (:mod:`workbench.store.integrity`)
 
 A model is rebuilt from ``config.json`` and its weights loaded strictly: a missing or unexpected tensor
-is an error naming it, never a silently half-initialised model.
+is an error naming it, never a silently half-initialised model. Loading checks, in order: the weights
+fit the config, the checksums (a changed weights, config or tokenizer file is an error; an edited card
+a warning), and every weight is finite (a NaN or inf is an error naming the tensor). A card rewritten
+after publication goes through :func:`write_card`, which keeps its checksum current.
 """
 
 from __future__ import annotations
@@ -27,6 +31,13 @@ from workbench.store.atomic import (
     read_json,
     save_safetensors,
     staging_dir,
+)
+from workbench.store.integrity import (
+    check_checksums,
+    check_finite,
+    non_finite_constants,
+    rewrite_json,
+    write_checksums,
 )
 from workbench.tasks.tokenizer import Tokenizer
 
@@ -65,7 +76,13 @@ def save_model_folder(
     atomic_write_json(stage / "card.json", card)
     if curves is not None:
         curves.to_parquet(stage / "curves.parquet", index=False)
+    write_checksums(stage)
     return publish_dir(stage, folder)
+
+
+def write_card(folder: str | Path, card: dict) -> Path:
+    """Rewrite a published model's ``card.json``, its checksum updated with it."""
+    return rewrite_json(folder, "card.json", card)
 
 
 def load_weights_strict(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
@@ -86,9 +103,16 @@ def load_model_folder(folder: str | Path) -> ModelBundle:
             raise FileNotFoundError(f"model folder {folder} lacks {required}")
     config = read_json(folder / "config.json")
     model = build_model(config)
-    load_weights_strict(model, load_safetensors(folder / "model.safetensors"), folder / "model.safetensors")
+    weights_path = folder / "model.safetensors"
+    weights = load_safetensors(weights_path)
+    fresh = non_finite_constants(model)
+    load_weights_strict(model, weights, weights_path)
+    check_checksums(folder)
+    check_finite(weights, weights_path, fresh)
     tokenizer = Tokenizer.from_json((folder / "tokenizer.json").read_text())
     card = read_json(folder / "card.json") if (folder / "card.json").is_file() else {}
+    if not isinstance(card, dict):
+        raise ValueError(f"{folder / 'card.json'} should hold a JSON object, not {type(card).__name__}")  # noqa: TRY004
     return ModelBundle(model.eval(), config, tokenizer, card, folder)
 
 

@@ -3,13 +3,26 @@
 ``build_zoo`` trains every entry whose folder is missing (runs checkpoint under the artifacts root, so
 an interrupted build resumes), measures it on its task's test split, writes its card and the
 ``models/README.md`` table, and catalogs it. ``verify_zoo`` reloads every committed model, re-measures
-it with the same evaluation batch, and checks the numbers against its card and its entry's targets.
+it with the same evaluation batch, and checks the numbers against its card and its entry's targets:
+
+1. Each model folder is one row: its checksums (:mod:`workbench.store.integrity`; an edited card fails
+   here though it only warns on load), its load (weights fit, finite), its re-measured metrics (every
+   one finite) against the card and the targets.
+2. Each committed dictionary set (``<model>/dictionaries/<recipe>``) is one row: every member's
+   checksums and its load.
+3. Any error in a row (a malformed card or config, a damaged file) is that row's FAIL, and verify goes
+   on to the next row.
+
+``write_zoo_checksums`` writes ``checksums.json`` into model and dictionary folders that lack one
+(older folders), or into all of them with ``force`` (accepting the files as they are).
 """
 
 from __future__ import annotations
 
+import math
 import platform
 import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -17,6 +30,7 @@ import torch
 
 from workbench.architectures import count_parameters, model_config
 from workbench.store.catalog import Catalog
+from workbench.store.integrity import IntegrityWarning, checksum_problems, non_finite, write_checksums
 from workbench.store.model_files import ModelBundle, load_model_folder, save_model_folder
 from workbench.tasks import Task, make_task
 from workbench.tasks.bigram import bigram_perplexity
@@ -125,6 +139,7 @@ class VerifyRow:
     name: str
     problems: list[str] = field(default_factory=list)
     metrics: dict = field(default_factory=dict)
+    detail: str = ""  # shown when there are no metrics (dictionary rows)
 
     @property
     def ok(self) -> bool:
@@ -138,8 +153,11 @@ def compare_metrics(card: dict, measured: dict, n: int) -> list[str]:
         if got is None:
             problems.append(f"metric {key} in the card was not re-measured")
             continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            problems.append(f"{key}: card says {value!r}, not a finite number")
+            continue
         tol = 1.0 / n + 1e-9 if key.endswith("accuracy") else 1e-4 * max(1.0, abs(value))
-        if abs(got - value) > tol:
+        if not abs(got - value) <= tol:  # written so that a NaN measurement fails
             problems.append(f"{key}: card says {value:.6g}, measured {got:.6g}")
     return problems
 
@@ -158,24 +176,86 @@ def verify_bundle(bundle: ModelBundle) -> VerifyRow:
         row.problems.append(f"parameters: card says {card.get('parameters')}, model has {count_parameters(bundle.model)}")
     n = card.get("eval", {}).get("examples", 2000)
     row.metrics = measure(bundle.model, task, n)
+    row.problems += [f"measured {key} is {row.metrics[key]}, not finite" for key in non_finite(row.metrics)]
     row.problems += compare_metrics(card, row.metrics, n)
     row.problems += target_problems(row.metrics, card.get("targets", {}))
     return row
 
 
+def _guarded(name: str, check) -> VerifyRow:
+    """Step 3: ``check()``'s row, or a FAIL row holding the error. Integrity warnings are silenced:
+    the row reports the same findings as problems."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", IntegrityWarning)
+            return check()
+    except (OSError, ValueError, KeyError, RuntimeError) as err:  # errors that name what is wrong
+        return VerifyRow(name, [str(err.args[0] if isinstance(err, KeyError) and err.args else err)])
+    except Exception as err:  # noqa: BLE001 - a malformed card (a list, a string metric) must fail only its row
+        return VerifyRow(name, [f"{type(err).__name__}: {err}"])
+
+
+def _with_checksums(row: VerifyRow, folders: list[Path]) -> VerifyRow:
+    """Checksum problems first; a changed file also fails the load with the same words: say it once."""
+    sums = []
+    for folder in folders:  # guarded too: a damaged checksums.json is a problem of this row only
+        sums += _guarded(row.name, lambda f=folder: VerifyRow(row.name, checksum_problems(f))).problems
+    row.problems = list(dict.fromkeys(sums + row.problems))
+    return row
+
+
+def verify_model(folder: Path, catalog: Catalog | None = None) -> VerifyRow:
+    """Step 1 for one model folder."""
+    loaded: list[ModelBundle] = []
+
+    def check() -> VerifyRow:
+        loaded.append(load_model_folder(folder))
+        return verify_bundle(loaded[0])
+
+    row = _with_checksums(_guarded(folder.name, check), [folder])
+    if catalog is not None and row.ok:
+        catalog.register("model", row.name, folder, loaded[0].card)
+    return row
+
+
+def verify_dictionary_set(folder: Path) -> VerifyRow:
+    """Step 2 for one committed set folder: its members' checksums and their load."""
+    from workbench.dictionaries.dictionary_set import load_dictionary_set  # the dictionaries import the zoo
+
+    name = f"{folder.parent.parent.name}/{folder.name}"
+
+    def check() -> VerifyRow:
+        dictionaries, _ = load_dictionary_set(folder)
+        kinds = sorted({d.config.kind for d in dictionaries.values()})
+        count = f"{len(dictionaries)} dictionar{'y' if len(dictionaries) == 1 else 'ies'}"
+        return VerifyRow(name, detail=f"{count} ({', '.join(kinds)})")
+
+    members = sorted(p.parent for p in folder.glob("*/dictionary.safetensors"))
+    return _with_checksums(_guarded(name, check), members)
+
+
+def _model_folders(models_dir: Path) -> list[Path]:
+    markers = ("config.json", "card.json", "model.safetensors")
+    return sorted(p for p in models_dir.iterdir() if p.is_dir() and not p.name.startswith(".")
+                  and any((p / m).is_file() for m in markers))
+
+
 def verify_zoo(models_dir: Path, catalog: Catalog | None = None) -> list[VerifyRow]:
     rows = []
-    folders = sorted(p for p in models_dir.iterdir() if p.is_dir() and (p / "config.json").is_file())
-    for folder in folders:
-        try:
-            bundle = load_model_folder(folder)
-        except (OSError, ValueError, KeyError, RuntimeError) as err:  # a damaged folder fails by name
-            rows.append(VerifyRow(folder.name, [f"cannot load: {err}"]))
-            continue
-        row = verify_bundle(bundle)
-        rows.append(row)
-        if catalog is not None and row.ok:
-            catalog.register("model", bundle.name, folder, bundle.card)
+    for folder in _model_folders(models_dir):
+        rows.append(verify_model(folder, catalog))
+        rows += [verify_dictionary_set(s.parent) for s in sorted(folder.glob("dictionaries/*/set.json"))]
     missing = [e.name for e in ZOO if not (models_dir / e.name).is_dir()]
     rows += [VerifyRow(name, ["not built: run `wb zoo build`"]) for name in missing]
     return rows
+
+
+def write_zoo_checksums(models_dir: Path, force: bool = False) -> list[Path]:
+    """``checksums.json`` for every model and dictionary folder lacking one (every one with ``force``);
+    returns the folders written."""
+    folders = _model_folders(models_dir)
+    folders += sorted(p.parent for f in folders for p in f.glob("dictionaries/**/dictionary.safetensors"))
+    todo = [f for f in folders if force or not (f / "checksums.json").is_file()]
+    for folder in todo:
+        write_checksums(folder)
+    return todo

@@ -17,7 +17,9 @@ For each model and recipe (``RECIPES``):
    card under ``dictionaries.<recipe>``.
 
 ``remeasure`` redoes the measurements of a published set (held-out metrics and spliced metrics, see
-:mod:`workbench.dictionaries.jobs`) without retraining: ``set.json`` and the card are rewritten.
+:mod:`workbench.dictionaries.jobs`) without retraining: ``set.json`` and the card are rewritten. The card
+is always rewritten through :func:`workbench.store.model_files.write_card`, which keeps the model
+folder's ``checksums.json`` current.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from workbench.dictionaries.dictionary_set import SET_FILE, load_dictionary_set,
 from workbench.dictionaries.jobs import bundle_task, evaluate_set, train_set, write_features
 from workbench.store.atomic import atomic_write_json, publish_dir, read_json, staging_dir
 from workbench.store.catalog import Catalog
-from workbench.store.model_files import ModelBundle, load_model_folder
+from workbench.store.model_files import ModelBundle, load_model_folder, write_card
 from workbench.zoo.build import task_from_spec
 
 COMMON = {"activation": "topk", "k": 16, "n_features": 512, "steps": 1500, "batch_size": 1024, "lr": 1e-3,
@@ -123,11 +125,11 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
                 graphs = card["dictionaries"][name]["graphs"]
                 card["dictionaries"][name] = card_entry(card["dictionaries"][name]["recipe"],
                                                         remeasure(bundle, final), graphs)
-                atomic_write_json(card_path, card)
+                write_card(model_folder, card)
             if rescore:
                 log(f"{bundle.name}/{name}: re-scoring graphs on {N_GRAPH_PROMPTS} test prompts")
                 card["dictionaries"][name]["graphs"] = score_graphs(bundle, final)
-                atomic_write_json(card_path, card)
+                write_card(model_folder, card)
             elif not remeasure_only:
                 log(f"{bundle.name}/{name}: present, skipped")
             continue
@@ -141,7 +143,7 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
         log(f"{bundle.name}/{name}: scoring graphs on {N_GRAPH_PROMPTS} test prompts")
         graphs = score_graphs(bundle, final)
         card.setdefault("dictionaries", {})[name] = card_entry(r, read_json(final / SET_FILE), graphs)
-        atomic_write_json(card_path, card)
+        write_card(model_folder, card)
         register_zoo_dictionaries(Path(model_folder).parent, catalog)
     return read_json(card_path).get("dictionaries", {})
 
