@@ -1,0 +1,103 @@
+"""Studies: spec checking, determinism, resume, no silent overwrite, the CLI."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from workbench.cli import app
+from workbench.store import Catalog
+from workbench.studies import load_study, parse_spec, run_study
+
+ZOO = Path(__file__).resolve().parents[1] / "models"
+runner = CliRunner()
+
+
+def _spec(**over) -> dict:
+    spec = {"name": "s", "seed": 3, "models": ["transformer-recall", "mingru-recall"], "prompts": {"n": 4},
+            "steps": [{"method": "ablate", "kinds": ["mixer", "mlp"]},
+                      {"method": "steer", "coefs": [1.0, 2.0], "layers": [1]}]}
+    return spec | over
+
+
+def _write(tmp_path: Path, spec: dict) -> Path:
+    path = tmp_path / f"{spec['name']}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"colour": "red"}, "unknown key(s) ['colour']"),
+    ({"steps": [{"method": "patchify"}]}, "unknown study method 'patchify'"),
+    ({"steps": [{"method": "ablate", "ablaton": "mean"}]}, "unknown parameter(s) ['ablaton']"),
+    ({"steps": [{"method": "steer", "coefs": "big"}]}, "parameter 'coefs' of method 'steer'"),
+    ({"name": "../escape"}, "study name '../escape'"),
+    ({"prompts": {"tsk": "recall"}}, "unknown key(s) ['tsk']"),
+    ({"seed": "zero"}, "'seed' must be an integer"),
+])
+def test_bad_specs_name_the_key_and_the_choices(bad, message):
+    with pytest.raises(ValueError) as err:
+        parse_spec(_spec(**bad))
+    assert message in str(err.value)
+
+
+def test_unknown_method_lists_the_choices():
+    with pytest.raises(ValueError, match="choose one of: .*ablate.*steer"):
+        parse_spec(_spec(steps=[{"method": "nope"}]))
+
+
+def test_study_is_deterministic_resumes_and_refuses_another_spec(tmp_path):
+    path = _write(tmp_path, _spec())
+    first = run_study(path, Catalog(tmp_path / "a"), models_dir=ZOO)
+    second = run_study(path, Catalog(tmp_path / "b"), models_dir=ZOO)
+    assert len(first.units) == 4 and first.resumed == 0
+    for unit in first.units:
+        a = (first.folder / unit["table"]).read_bytes()
+        assert a == (second.folder / unit["table"]).read_bytes(), unit["unit"]
+    # a stop after some units: remove one unit's table; the rerun recomputes only that one, to the same bytes
+    lost = first.folder / first.units[2]["table"]
+    kept = lost.read_bytes()
+    lost.unlink()
+    again = run_study(path, Catalog(tmp_path / "a"), models_dir=ZOO)
+    assert again.resumed == 3 and lost.read_bytes() == kept
+    study = load_study(first.folder)
+    ablate = study["units"][0]["frame"]
+    assert set(ablate["component"]) == {"mixer", "mlp"} and (ablate["clean"] != ablate["ablated"]).any()
+    assert [r["name"] for r in Catalog(tmp_path / "a").list("study")] == ["s"]
+    changed = _write(tmp_path, _spec(seed=4))
+    with pytest.raises(ValueError, match="different spec"):
+        run_study(changed, Catalog(tmp_path / "a"), models_dir=ZOO)
+    fresh = run_study(changed, Catalog(tmp_path / "a"), models_dir=ZOO, fresh=True)
+    assert fresh.resumed == 0
+
+
+def test_steer_with_the_mean_difference_moves_toward_the_clean_answer(tmp_path):
+    spec = _spec(models=["transformer-recall"], steps=[{"method": "steer", "coefs": [0.0, 1.0], "layers": [0, 1]}])
+    result = run_study(_write(tmp_path, spec), Catalog(tmp_path / "a"), models_dir=ZOO)
+    table = pd.read_parquet(result.folder / result.units[0]["table"])
+    zero = table[table["coef"] == 0.0]
+    assert (zero["change"].abs() < 1e-5).all()  # coefficient 0 is the corrupted run itself
+    # resid_pre of layer 0 at the query position, plus (clean - corrupted) mean: the query key becomes the clean one
+    assert float(table[(table["coef"] == 1.0) & (table["layer"] == 0)]["change"].iloc[0]) > 1.0
+
+
+def test_quick_variant_runs_apart(tmp_path):
+    spec = _spec(models=["transformer-recall"], steps=[{"method": "ablate", "kinds": ["mlp"]}],
+                 quick={"prompts": {"n": 2}})
+    result = run_study(_write(tmp_path, spec), Catalog(tmp_path / "a"), models_dir=ZOO, quick=True)
+    assert result.name == "s-quick" and result.folder.name == "s-quick"
+
+
+def test_cli_study_run_and_errors(tmp_path):
+    path = _write(tmp_path, _spec(models=["transformer-recall"], steps=[{"method": "ablate", "kinds": ["mlp"]}]))
+    ok = runner.invoke(app, ["study", "run", str(path), "--models", str(ZOO), "--artifacts", str(tmp_path / "a")])
+    assert ok.exit_code == 0, ok.output
+    assert "study s: 1 units" in ok.output
+    listed = runner.invoke(app, ["study", "list", "--artifacts", str(tmp_path / "a")])
+    assert "s " in listed.output and "ablate" in listed.output
+    bad = _write(tmp_path, _spec(name="t", models=["transformer-recal"]))
+    out = runner.invoke(app, ["study", "run", str(bad), "--models", str(ZOO), "--artifacts", str(tmp_path / "a")])
+    assert out.exit_code == 2 and "transformer-recall" in out.output
+    assert not (tmp_path / "a" / "studies" / "t").exists()  # nothing written before the models resolve

@@ -1,0 +1,128 @@
+"""Run a study: a spec in, parquet tables and plotly figures in the store out, resumable and deterministic.
+
+1. Load and check the spec (:mod:`.spec`); ``--quick`` merges its ``quick`` overrides and runs under
+   ``<name>-quick``, so a quick run never mixes with the full one.
+2. The study folder is ``<artifacts>/studies/<name>/``. Its ``spec.json`` holds the spec's digest: a
+   folder written by a *different* spec is an error (no silent overwrite) unless ``fresh``.
+3. The work is units, one per (step, model), in spec order. A unit's seed derives from the study seed,
+   the step index and the model name, so a unit gives the same bytes whether it ran first or after a
+   resume, alone or with the others.
+4. Each unit writes ``tables/<unit>.parquet`` and ``figures/<unit>.json`` atomically, table last; a unit
+   whose table exists is skipped, so a stopped run resumes where it stopped.
+5. When every unit is done, ``study.json`` (spec, digest, units with their summaries) is written and the
+   study is catalogued (kind ``study``), after its files are published.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from workbench.store.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from workbench.store.catalog import Catalog, inside_root, models_root
+from workbench.studies.methods import METHODS, UnitContext
+from workbench.studies.spec import StudySpec, load_spec
+
+STUDY_FILE, SPEC_FILE = "study.json", "spec.json"
+
+
+@dataclass
+class StudyResult:
+    name: str
+    folder: Path
+    units: list[dict]
+    resumed: int
+
+
+def unit_seed(seed: int, step_index: int, model: str) -> int:
+    digest = hashlib.sha256(f"{seed}/{step_index}/{model}".encode()).digest()
+    return int.from_bytes(digest[:6], "big")
+
+
+def resolve_model(name: str, models_dir: Path) -> Path:
+    """A zoo name (``transformer-recall``) or a model folder path."""
+    candidate = Path(name)
+    if "/" not in name and (models_dir / name / "config.json").is_file():
+        return models_dir / name
+    if (candidate / "config.json").is_file():
+        return candidate.resolve()
+    zoo = sorted(p.parent.name for p in models_dir.glob("*/config.json"))
+    raise FileNotFoundError(f"study model {name!r} is neither a zoo model in {models_dir} nor a model folder; "
+                            f"zoo models: {', '.join(zoo) or 'none'}")
+
+
+def write_table(path: Path, table: pd.DataFrame) -> None:
+    buffer = io.BytesIO()
+    table.to_parquet(buffer, index=False)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _prepare_folder(spec: StudySpec, folder: Path, fresh: bool) -> None:
+    if fresh and folder.exists():
+        shutil.rmtree(folder)
+    marker = folder / SPEC_FILE
+    if marker.is_file():
+        recorded = read_json(marker).get("digest")
+        if recorded != spec.digest():
+            raise ValueError(f"study folder {folder} holds results of a different spec (digest {recorded}, this "
+                             f"spec {spec.digest()}); rename the study or pass --fresh to start over")
+    else:
+        atomic_write_json(marker, {"digest": spec.digest(), "spec": spec.canonical()})
+
+
+def run_study(spec: StudySpec | str | Path, catalog: Catalog | None = None, *, quick: bool = False,
+              fresh: bool = False, models_dir: Path | None = None,
+              log: Callable[[str], None] = lambda _: None) -> StudyResult:
+    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
+    spec = spec.quick_version() if quick else spec
+    catalog = catalog or Catalog()
+    models_dir = models_root(models_dir)
+    folder = inside_root(catalog.root, Path("studies") / spec.name)
+    model_paths = {m: resolve_model(m, models_dir) for m in spec.models}  # fail before writing anything
+    _prepare_folder(spec, folder, fresh)
+    units, resumed = [], 0
+    for index, step in enumerate(spec.steps):
+        for model_name, model_path in model_paths.items():
+            unit = f"{index:02d}-{step.label}-{model_path.name}"
+            table_path = folder / "tables" / f"{unit}.parquet"
+            summary_path = folder / "summaries" / f"{unit}.json"
+            if table_path.is_file() and summary_path.is_file():
+                units.append(read_json(summary_path))
+                resumed += 1
+                log(f"{unit}: done before, kept")
+                continue
+            ctx = UnitContext(model_path, spec.prompts, step.params, unit_seed(spec.seed, index, model_name), log)
+            result = METHODS[step.method].run(ctx)
+            if result.figure is not None:
+                atomic_write_text(folder / "figures" / f"{unit}.json", result.figure.to_json())
+            summary = {"unit": unit, "method": step.method, "label": step.label, "model": model_path.name,
+                       "model_folder": str(model_path), "params": step.params,
+                       "table": f"tables/{unit}.parquet",
+                       "figure": f"figures/{unit}.json" if result.figure is not None else None,
+                       "summary": result.summary}
+            atomic_write_json(summary_path, summary)
+            write_table(table_path, result.table)
+            units.append(summary)
+            log(f"{unit}: " + ", ".join(f"{k} {v}" for k, v in result.summary.items()))
+    meta = {"name": spec.name, "digest": spec.digest(), "spec": spec.canonical(), "source": spec.source,
+            "description": spec.description, "units": units}
+    atomic_write_json(folder / STUDY_FILE, meta)
+    catalog.register("study", spec.name, folder, {k: v for k, v in meta.items() if k != "units"}
+                     | {"n_units": len(units), "methods": sorted({s.method for s in spec.steps})})
+    return StudyResult(spec.name, folder, units, resumed)
+
+
+def load_study(folder: str | Path) -> dict:
+    """``study.json`` with each unit's table (DataFrame) and figure JSON text attached."""
+    folder = Path(folder)
+    meta = read_json(folder / STUDY_FILE)
+    for unit in meta["units"]:
+        unit["frame"] = pd.read_parquet(folder / unit["table"])
+        unit["figure_json"] = (folder / unit["figure"]).read_text() if unit.get("figure") else None
+    return meta
