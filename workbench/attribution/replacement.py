@@ -48,9 +48,19 @@ def hook_layer(name: str, kind: str) -> int:
 
 
 def unembedding(model) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(W_U [d_model, d_vocab], b_U [d_vocab])`` of a transformer_lens model or a BlockLM."""
+    """``(W_U [d_model, d_vocab], b_U [d_vocab])`` mapping ``hook_final`` to the logits, for a
+    transformer_lens model or a BlockLM.
+
+    transformer_lens applies the final norm's weight and bias *after* ``ln_final.hook_normalized``
+    (our ``hook_final``), so they are folded in here: ``logits = hook_final @ (w * W_U) + (b @ W_U + b_U)``.
+    Without the fold the graph's logit targets were not the model's logits wherever ``w != 1``."""
     if hasattr(model, "W_U"):
-        return model.W_U, model.b_U
+        W_U, b_U = model.W_U, model.b_U
+        ln = getattr(model, "ln_final", None)
+        if ln is not None and hasattr(ln, "w"):
+            b_U = b_U + (ln.b @ W_U if hasattr(ln, "b") else 0)
+            W_U = ln.w[:, None] * W_U
+        return W_U, b_U
     weight = model.unembed.weight
     bias = model.unembed.bias if model.unembed.bias is not None else weight.new_zeros(weight.shape[0])
     return weight.T, bias

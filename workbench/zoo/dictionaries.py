@@ -13,8 +13,10 @@ For each model and recipe (``RECIPES``):
    their feature data.
 3. Trace attribution graphs on ``N_GRAPH_PROMPTS`` test prompts (each a test row cut before its last
    target token) and record the replacement and completeness scores of the full and the pruned
-   graphs (mean and min), with the dictionaries' FVU, L0, dead fraction and spliced agreement, in the
-   card under ``dictionaries.<recipe>``.
+   graphs (mean and min), and the graphs' validation by intervention (the correlation between the
+   logit effect of ablating each of the top ``VALIDATION_TOP_K`` features, as the graph predicts it and
+   as the live model shows it: :mod:`workbench.interventions.validation`), with the dictionaries' FVU,
+   L0, dead fraction and spliced agreement, in the card under ``dictionaries.<recipe>``.
 
 ``remeasure`` redoes the measurements of a published set (held-out metrics and spliced metrics, see
 :mod:`workbench.dictionaries.jobs`) without retraining: ``set.json`` and the card are rewritten. The card
@@ -33,6 +35,7 @@ from workbench.attribution.attribute import AttributionConfig, attribute
 from workbench.attribution.prune import graph_scores, prune_graph
 from workbench.dictionaries.dictionary_set import SET_FILE, load_dictionary_set, save_dictionary_set
 from workbench.dictionaries.jobs import bundle_task, evaluate_set, train_set, write_features
+from workbench.interventions.validation import validate_graph
 from workbench.store.atomic import atomic_write_json, publish_dir, read_json, staging_dir
 from workbench.store.catalog import Catalog
 from workbench.store.model_files import ModelBundle, load_model_folder, write_card
@@ -42,6 +45,7 @@ COMMON = {"activation": "topk", "k": 16, "n_features": 512, "steps": 1500, "batc
           "n_sequences": 2048}
 RECIPES = {"transcoders": {"kind": "transcoder", **COMMON}, "clt": {"kind": "clt", **COMMON}}
 N_GRAPH_PROMPTS = 20
+VALIDATION_TOP_K = 10
 NODE_THRESHOLD, EDGE_THRESHOLD = 0.8, 0.98
 
 
@@ -72,18 +76,32 @@ def graph_prompts(bundle: ModelBundle, n: int = N_GRAPH_PROMPTS, seed: int = 432
 def score_graphs(bundle: ModelBundle, folder: Path, n: int = N_GRAPH_PROMPTS) -> dict:
     """Step 3: replacement/completeness of full and pruned graphs over ``n`` test prompts."""
     dictionaries = list(load_dictionary_set(folder)[0].values())
-    rows = []
+    rows, validation = [], []
     for tokens in graph_prompts(bundle, n):
         graph = attribute(bundle.model, dictionaries, tokens, config=AttributionConfig(), progress=False)
         pruned = prune_graph(graph, NODE_THRESHOLD, EDGE_THRESHOLD)
         rows.append((*graph_scores(graph), *graph_scores(graph, pruned.node_mask), graph.n_nodes, pruned.n_nodes,
                      graph.metadata["identity_error"]))
+        validation.append(validate_graph(bundle.model, dictionaries, graph, VALIDATION_TOP_K))
     t = torch.tensor(rows, dtype=torch.float64)
     names = ["replacement", "completeness", "pruned_replacement", "pruned_completeness", "nodes", "pruned_nodes"]
     out = {name: float(t[:, i].mean()) for i, name in enumerate(names)}
     out |= {f"{name}_min": float(t[:, i].min()) for i, name in enumerate(names[:4])}
     return out | {"n_prompts": n, "node_threshold": NODE_THRESHOLD, "edge_threshold": EDGE_THRESHOLD,
-                  "max_identity_error": float(t[:, 6].max())}
+                  "max_identity_error": float(t[:, 6].max()), "validation": validation_summary(validation)}
+
+
+def validation_summary(records: list[dict]) -> dict:
+    """Step 3's graph validation over the prompts: mean (and range) of the per-graph correlations
+    between the logit effect each top feature's ablation is predicted to have and its live effect."""
+    out = {"n_graphs": len(records), "top_k": VALIDATION_TOP_K, "target": "top logit (demeaned)",
+           "frozen_max_deviation": max((r.get("frozen_max_deviation", 0.0) for r in records), default=0.0)}
+    for key in ("pearson", "spearman"):
+        values = torch.tensor([r[key] for r in records if r.get(key) is not None and r[key] == r[key]])
+        out[key] = float(values.mean()) if len(values) else None
+        out[f"{key}_min"] = float(values.min()) if len(values) else None
+        out[f"{key}_max"] = float(values.max()) if len(values) else None
+    return out
 
 
 def card_entry(recipe: dict, meta: dict, graphs: dict) -> dict:
