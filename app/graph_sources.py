@@ -12,7 +12,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -245,16 +244,12 @@ def _prompt_box(bundle, model_folder: Path) -> None:
     st.caption(f"Vocabulary ({len(vocab):,} tokens): {widgets.md_escape(' '.join(vocab[:60]))}{more}")
 
 
-def graph_name(model_name: str, set_name: str, prompt: str) -> str:
-    """``<model>-<set>-<slug of the prompt>`` (`wb graph`'s name with the set, so graphs of one prompt
-    through two sets are two graphs), in characters safe for a folder name."""
-    slug = re.sub(r"[^a-z0-9]+", "-", prompt.lower()).strip("-")[:40] or "graph"
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", f"{model_name}-{set_name}-{slug}").strip(".-") or "graph"
-
-
 def run_build(bundle, set_folder: Path, prompt: str, max_features: int,
               thresholds: tuple[float, float] = DEFAULT_THRESHOLDS) -> str | None:
-    """Build, save and catalogue the graph inside a status box; its catalog name, or None on an error."""
+    """Build, save and catalogue the graph inside a status box; its catalog name, or None on an error.
+    The job names it (model, prompt and a hash of model, set and prompt: one graph per triple, confined
+    to the graphs folder) and loads the set through the checks of every command (members inside the
+    set, declared layers covered, trained on this model)."""
     from workbench.attribution.attribute import AttributionConfig
     from workbench.attribution.jobs import build_graph, encode_prompt
 
@@ -263,12 +258,10 @@ def run_build(bundle, set_folder: Path, prompt: str, max_features: int,
         try:
             n_tokens = encode_prompt(bundle, prompt).shape[1]
             bar.progress(0.2, text=f"Tracing {n_tokens} tokens: attribution, pruning, scores")
-            name = graph_name(bundle.name, set_folder.name, prompt)
-            catalog = widgets.catalog()
             summary = build_graph(bundle, set_folder, prompt, node_threshold=thresholds[0],
                                   edge_threshold=thresholds[1], config=AttributionConfig(max_feature_nodes=max_features),
-                                  out=inside_root(catalog.root, Path("graphs") / name), catalog=catalog, name=name,
-                                  progress=False)
+                                  catalog=widgets.catalog(), progress=False)
+            name = summary["name"]
         except (ValueError, FileNotFoundError, RuntimeError, KeyError, PermissionError) as err:
             status.update(label="The graph could not be built", state="error", expanded=True)
             st.error(widgets.md_escape(err))

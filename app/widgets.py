@@ -38,7 +38,7 @@ from workbench.store.catalog import Catalog, artifacts_root, models_root
 CURVE_COLUMNS = {"step", "split", "metric", "value"}
 ZOO_COLUMNS = ["name", "architecture", "task", "parameters", "test accuracy", "test perplexity",
                "bigram perplexity", "training tokens", "training time s", "transcoder FVU (worst layer)",
-               "replacement agreement", "graph replacement score", "graph completeness score"]
+               "replacement agreement", "graph replacement score", "graph completeness score", "graph validation r"]
 # CommonMark lets a backslash escape any ASCII punctuation, so escaping all of it is always safe.
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&$:])")
 
@@ -176,14 +176,16 @@ def task_label(card: dict) -> str:
 
 def dictionary_summary(card: dict, recipe: str = "transcoders") -> list[float | None]:
     """The zoo table's dictionary columns from ``card["dictionaries"][recipe]`` (``wb zoo dicts``):
-    worst-layer FVU, spliced agreement, mean replacement and completeness of the full graphs."""
+    worst-layer FVU, spliced agreement, mean replacement and completeness of the full graphs, and the
+    graphs' mean validation correlation (predicted against live ablation effects)."""
     entry = card.get("dictionaries", {}).get(recipe) if isinstance(card.get("dictionaries"), dict) else None
     if not isinstance(entry, dict):
-        return [None] * 4
+        return [None] * 5
     fvu = [number(v) for v in entry.get("fvu", [])]
     graphs = entry.get("graphs") or {}
     return [max((v for v in fvu if v is not None), default=None), number(entry.get("agreement")),
-            number(graphs.get("replacement")), number(graphs.get("completeness"))]
+            number(graphs.get("replacement")), number(graphs.get("completeness")),
+            number((graphs.get("validation") or {}).get("pearson"))]
 
 
 def zoo_dataframe(cards: list[dict]) -> pd.DataFrame:

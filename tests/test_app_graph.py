@@ -143,18 +143,43 @@ def test_build_from_a_prompt(tmp_path):
     print(f"built through the page in {time.perf_counter() - start:.1f} s")
     assert not at.exception
     [entry] = Catalog().list("graph")
-    assert at.header[0].value.startswith("Graph tiny") and entry["name"].startswith("tiny-recall-transcoders-")
+    assert at.header[0].value.startswith("Graph tiny") and entry["name"].startswith("tiny-recall-bos-")
+    assert entry["path"].parent == Catalog().root / "graphs"  # the job's automatic name, as `wb graph` gives
     assert [m.label for m in at.metric][:2] == ["Replacement", "Completeness"]
     assert drawn_points(figures(at)[0]) > 0
     assert any("no feature data yet" in i.value for i in at.info) or not any(
         s.value == "Feature node" for s in at.subheader)
 
 
-def test_built_graph_names_stay_in_the_graphs_folder(app_modules):
-    import graph_sources
+def test_built_graph_names_stay_in_the_graphs_folder(tmp_path):
+    from workbench.attribution.jobs import auto_graph_name, encode_prompt
 
-    assert graph_sources.graph_name("../../etc", "clt", "<bos> a > 1 ?") == "etc-clt-bos-a-1"
-    assert graph_sources.graph_name("m/x", "s", "") == "m-x-s-graph"
+    bundle, folder, prompt = tiny_zoo(tmp_path / "models", with_features=False)
+    bundle.card["name"] = "../../etc"  # a card is a file: its name is not trusted either
+    name = auto_graph_name(bundle, folder, encode_prompt(bundle, prompt), prompt)
+    assert name.startswith("etc-bos-") and "/" not in name and len(name.rsplit("-", 1)[1]) == 8
+
+
+def test_a_set_member_outside_the_set_builds_nothing(tmp_path):
+    """set.json member ``../../../../outside_set/layer1`` (a real dictionary there): Build graph shows
+    an error naming the member, loads nothing and catalogues nothing."""
+    from workbench.store.atomic import atomic_write_json, read_json
+    from workbench.store.catalog import Catalog
+
+    _, folder, _ = tiny_zoo(tmp_path / "models", with_features=False)
+    outside = folder / "../../../../outside_set/layer1"
+    shutil.copytree(folder / "layer1", outside)
+    meta = read_json(folder / "set.json")
+    atomic_write_json(folder / "set.json", meta | {"members": {"layer0": "layer0",
+                                                               "layer1": "../../../../outside_set/layer1"}})
+    at = run()
+    at.radio(key="graph_source").set_value("Build from a prompt").run()
+    at.button(key="graph_build").click().run(timeout=120)
+    assert not at.exception
+    error = " ".join(e.value for e in at.error)
+    assert "member 'layer1'" in error and "leads outside the set folder" in error
+    assert not Catalog().list("graph") and not (Catalog().root / "graphs").exists()
+    assert not at.get("plotly_chart")
 
 
 def test_imported_circuit_tracer_file(app_modules):

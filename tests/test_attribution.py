@@ -114,6 +114,7 @@ def _known_circuit_model():
     """Token X -> feature A (layer 0) -> one attention head moves A's direction one position on ->
     feature B (layer 1) -> logit Z. No LayerNorm; every other weight zero (module test docstring)."""
     model = build_model({"architecture": "transformer", "d_vocab": 6, "n_ctx": 4, "n_layers": 2, "d_model": 8,
+                         "positional_embedding_type": "standard",
                          "n_heads": 1, "d_head": 4, "d_mlp": 4, "act_fn": "relu", "normalization_type": None})
     e = torch.eye(8)
     X, Y, Z = 2, 3, 4

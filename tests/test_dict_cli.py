@@ -9,9 +9,11 @@ from workbench.architectures import build_model, model_config
 from workbench.cli import app
 from workbench.dictionaries import DictionaryConfig, build_dictionary
 from workbench.dictionaries.activations import real_token_rows
+from workbench.dictionaries.dictionary_set import load_dictionary_set
 from workbench.dictionaries.features import feature_data, unembedding_matrix
 from workbench.dictionaries.splice import spliced_logits, spliced_metrics
 from workbench.store import Catalog
+from workbench.store.atomic import atomic_write_json, read_json
 from workbench.store.model_files import save_model_folder
 from workbench.tasks import make_task
 
@@ -195,3 +197,127 @@ def test_dict_train_clt_from_a_store(model_folder, tmp_path):
 def test_bad_choices_give_a_clean_error(model_folder, flag, value, choices):
     result = runner.invoke(app, ["dict", "train", "--model", str(model_folder), flag, value, "--no-progress"])
     assert result.exit_code == 2 and choices in result.output and "Traceback" not in result.output
+
+
+def _train(model_folder, out, *extra):
+    """`wb dict train` of a tiny transcoder set (3 steps) into ``out``."""
+    args = ["dict", "train", "--model", str(model_folder), "--kind", "transcoder", "--k", "4", "--features", "32",
+            "--steps", "3", "--batch-size", "64", "--out", str(out), "--no-progress", *extra]
+    return runner.invoke(app, args)
+
+
+def _steps(out, member="layer0"):
+    from workbench.training.checkpoint import list_checkpoints
+
+    return [s for s, _ in list_checkpoints(out / "runs" / member)]
+
+
+def test_dict_train_twice_into_one_folder(model_folder, tmp_path):
+    out = tmp_path / "dicts"
+    assert _train(model_folder, out).exit_code == 0
+    first = (out / "runs" / "layer0" / "dictionary" / "dictionary.safetensors").read_bytes()
+    again = _train(model_folder, out)  # the same config: resumes at its end, same dictionaries
+    assert again.exit_code == 0, again.output
+    assert (out / "runs" / "layer0" / "dictionary" / "dictionary.safetensors").read_bytes() == first
+    other = _train(model_folder, out, "--features", "48")
+    assert other.exit_code == 2 and "already holds a set of another config" in other.output
+    assert "n_features: 32 -> 48" in other.output and "--force" in other.output
+    assert read_set(out)["n_features"] == 32
+    legacy = {k: v for k, v in read_set(out).items() if k != "request"}  # a set.json from before "request"
+    atomic_write_json(out / "set.json", legacy)
+    assert _train(model_folder, out).exit_code == 0  # what it records (kind, layers, features, steps) agrees
+    atomic_write_json(out / "set.json", legacy)
+    assert "n_features: 32 -> 48" in _train(model_folder, out, "--features", "48").output
+    (out / "features").mkdir()  # feature data of the old dictionaries
+    forced = _train(model_folder, out, "--features", "48", "--force")  # replaced, its checkpoints too
+    assert forced.exit_code == 0, forced.output
+    assert read_set(out)["n_features"] == 48 and read_set(out)["request"]["n_features"] == 48
+    assert not (out / "features").exists()
+    loaded, _ = load_dictionary_set(out)
+    assert [d.config.n_features for d in loaded.values()] == [48, 48]
+
+
+def read_set(out):
+    return read_json(out / "set.json")
+
+
+def test_a_concurrent_writer_of_the_same_set_is_refused(model_folder, tmp_path):
+    from workbench.store.names import sole_writer
+
+    out = tmp_path / "dicts"
+    with sole_writer(out, "dictionary set folder"):  # another process training into it, as far as flock can tell
+        result = _train(model_folder, out)
+    assert result.exit_code == 2 and "is being written by another process" in result.output
+    assert not (out / "set.json").exists() and not (out / "runs").exists()
+
+
+def test_checkpoint_every_and_fresh(model_folder, tmp_path):
+    out = tmp_path / "dicts"
+    assert _train(model_folder, out, "--checkpoint-every", "1").exit_code == 0
+    assert _steps(out) == [2, 3]  # every step, the last two kept
+    assert _train(model_folder, out, "--fresh").exit_code == 0
+    assert _steps(out) == [3]  # default min(100, steps): the old step-2 went with --fresh
+    bad = _train(model_folder, out, "--checkpoint-every", "0")
+    assert bad.exit_code == 2 and "--checkpoint-every must be at least 1" in bad.output
+
+
+def test_a_resume_may_change_the_learning_rate_with_a_note(model_folder, tmp_path):
+    out = tmp_path / "dicts"
+    assert _train(model_folder, out).exit_code == 0
+    result = _train(model_folder, out, "--lr", "0.0005")
+    assert result.exit_code == 0, result.output
+    assert "note: layer0 resumed with changed settings (train.lr: 0.001 -> 0.0005" in result.output
+    log = (out / "runs" / "layer1" / "train.log").read_text()
+    assert "resumed at step 3 with changed settings: train.lr: 0.001 -> 0.0005" in log
+
+
+def test_trainer_resume_accepts_lr_and_cadence_and_refuses_the_rest(tmp_path):
+    from test_dictionaries import sparse_dataset, tiny_train_config, transcoder_config
+
+    from workbench.dictionaries.trainer import DIVERGED_ADVICE, train_dictionary
+
+    data, config = sparse_dataset(n=256), transcoder_config()
+    cfg = tiny_train_config(steps=8, checkpoint_every=2)
+    train_dictionary(config, data, cfg, tmp_path / "run", progress=False, stop_after=4)
+    lower = tiny_train_config(steps=8, checkpoint_every=3, lr=5e-3)
+    result = train_dictionary(config, data, lower, tmp_path / "run", progress=False)
+    assert result.resumed_from == 4 and result.steps == 8
+    assert result.extra["resume_changes"] == ["train.checkpoint_every: 2 -> 3", "train.lr: 0.01 -> 0.005"]
+    with pytest.raises(ValueError, match=r"train.steps: 8 -> 9\. A resume may change only lr, warmup_steps"):
+        train_dictionary(config, data, tiny_train_config(steps=9, lr=5e-3), tmp_path / "run", progress=False)
+    # the recovery advice names options `wb dict train` has
+    help_text = runner.invoke(app, ["dict", "train", "--help"], terminal_width=200).output
+    for option in ("--lr", "--fresh", "--force", "--checkpoint-every"):
+        assert option in help_text
+    assert "--lr" in DIVERGED_ADVICE and "--fresh" in DIVERGED_ADVICE
+
+
+@pytest.fixture
+def two_models(model_folder, tmp_path):
+    """``tiny`` with a set trained on it (features written), and ``other``: same shapes, another model."""
+    from workbench.dictionaries.dictionary_set import save_dictionary_set, set_model_meta
+    from workbench.dictionaries.jobs import write_features
+    from workbench.dictionaries.models import save_dictionary
+    from workbench.store.model_files import load_model_folder
+
+    tiny = load_model_folder(model_folder)
+    folder = tmp_path / "tiny-set"
+    for l, d in enumerate(exact_set(tiny.model, "transcoder")):
+        save_dictionary(folder / f"layer{l}", d)
+    save_dictionary_set(folder, {"layer0": "layer0", "layer1": "layer1"}, set_model_meta(tiny) | {"layers": [0, 1]})
+    write_features(tiny, folder, Catalog(), n_sequences=4)
+    model, cfg = tiny_model()
+    save_model_folder(tmp_path / "other-model", model, cfg, TASK.tokenizer, {"name": "other", "task": TASK.spec()})
+    return tmp_path / "other-model", folder
+
+
+@pytest.mark.parametrize("command", [["dict", "eval", "--n-eval", "4"], ["dict", "features", "--n-sequences", "4"],
+                                     ["graph", "--prompt", "<bos> a", "--no-progress"]])
+def test_a_set_of_another_model_is_refused_and_nothing_is_overwritten(two_models, command):
+    other, folder = two_models
+    before = {p: p.read_bytes() for p in sorted((folder / "features").iterdir())}
+    result = runner.invoke(app, [*command, "--model", str(other), "--dict", str(folder)])
+    assert result.exit_code == 2
+    assert "was trained on model 'tiny', not 'other'" in result.output and str(other) in result.output
+    assert {p: p.read_bytes() for p in sorted((folder / "features").iterdir())} == before
+    assert not (Catalog().root / "graphs").exists()

@@ -339,8 +339,8 @@ def test_resume_gives_identical_weights(tmp_path, activation, extra, train):
 def test_resume_refuses_a_different_config(tmp_path):
     data = sparse_dataset(n=256)
     train_dictionary(transcoder_config(), data, tiny_train_config(steps=4), tmp_path / "run", progress=False)
-    with pytest.raises(ValueError, match=r"different config.*train.lr: 0.01 -> 0.02"):
-        train_dictionary(transcoder_config(), data, tiny_train_config(steps=4, lr=0.02), tmp_path / "run",
+    with pytest.raises(ValueError, match=r"different config.*train.batch_size: 128 -> 64.*--fresh"):
+        train_dictionary(transcoder_config(), data, tiny_train_config(steps=4, batch_size=64), tmp_path / "run",
                          progress=False)
 
 

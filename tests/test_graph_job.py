@@ -15,6 +15,7 @@ from workbench.attribution.jobs import build_graph, encode_prompt, load_summary
 from workbench.cli import app
 from workbench.dictionaries.dictionary_set import save_dictionary_set
 from workbench.dictionaries.models import DictionaryConfig, build_dictionary, save_dictionary
+from workbench.store.atomic import read_json
 from workbench.store.catalog import Catalog
 from workbench.store.model_files import load_model_folder, save_model_folder
 from workbench.tasks import make_task
@@ -110,3 +111,86 @@ def test_dictionaries_of_another_model_are_refused(zoo, tmp_path):
     result = runner.invoke(app, ["graph", "--model", str(bundle.folder), "--dict", str(wide), "--prompt",
                                  _prompt(bundle), "--artifacts", str(root / "art")])
     assert result.exit_code == 2 and "trained on another model" in result.output
+
+
+def _graph_args(bundle, dicts, root, *extra):
+    return ["graph", "--model", str(bundle.folder), "--dict", str(dicts), "--prompt", _prompt(bundle), "--no-progress",
+            "--artifacts", str(root / "art"), "--max-feature-nodes", "8", *extra]
+
+
+def test_a_name_that_is_a_path_is_refused_and_nothing_is_written(zoo):
+    bundle, dicts, root = zoo
+    before = sorted(p.name for p in root.iterdir())
+    result = runner.invoke(app, _graph_args(bundle, dicts, root, "--name", "../../escape"))
+    assert result.exit_code == 2 and "graph name '../../escape' is not a plain name" in result.output
+    assert sorted(p.name for p in root.iterdir() if p.name != "art") == before  # art: the root itself
+    # the name would resolve to <root>/escape, or one level up; other tests share root.parent, so no glob
+    assert not (root / "escape").exists() and not (root.parent / "escape").exists()
+    assert not (root / "art" / "graphs").exists() and Catalog(root / "art").list("graph") == []
+
+
+def test_automatic_names_are_unique_per_model_set_and_prompt(zoo, tmp_path):
+    bundle, dicts, root = zoo
+    other = _dict_set(tmp_path / "elsewhere" / "dicts", bundle)  # same folder name, another set
+    catalog = Catalog(root / "art")
+    a = build_graph(bundle, dicts, _prompt(bundle), catalog=catalog, progress=False)
+    b = build_graph(bundle, other, _prompt(bundle), catalog=catalog, progress=False)
+    assert a["name"] != b["name"] and a["name"].startswith("tiny-recall-bos-") and b["name"].startswith("tiny-recall-bos-")
+    assert sorted(g["name"] for g in catalog.list("graph")) == sorted([a["name"], b["name"]])
+    assert Graph.load(a["folder"]).metadata["dictionaries"] == str(dicts)
+    assert Graph.load(b["folder"]).metadata["dictionaries"] == str(other)
+    again = build_graph(bundle, dicts, _prompt(bundle), node_threshold=0.5, catalog=catalog, progress=False)
+    assert again["name"] == a["name"] and load_summary(a["folder"])["node_threshold"] == 0.5  # same graph: rebuilt
+    assert len(catalog.list("graph")) == 2
+
+
+def test_an_existing_explicit_name_needs_force(zoo):
+    bundle, dicts, root = zoo
+    assert runner.invoke(app, _graph_args(bundle, dicts, root, "--name", "mine")).exit_code == 0
+    folder = root / "art" / "graphs" / "mine"
+    first = (folder / "summary.json").read_bytes()
+    result = runner.invoke(app, _graph_args(bundle, dicts, root, "--name", "mine", "--node-threshold", "0.5"))
+    assert result.exit_code == 2 and "a graph named 'mine' already exists" in result.output and "--force" in result.output
+    assert (folder / "summary.json").read_bytes() == first
+    result = runner.invoke(app, _graph_args(bundle, dicts, root, "--name", "mine", "--node-threshold", "0.5", "--force"))
+    assert result.exit_code == 0, result.output
+    assert load_summary(folder)["node_threshold"] == 0.5
+    assert [g["name"] for g in Catalog(root / "art").list("graph")] == ["mine"]
+    # --out: an existing graph folder needs --force too, and --force never replaces a folder that is not a graph's
+    result = runner.invoke(app, _graph_args(bundle, dicts, root, "--out", str(folder)))
+    assert result.exit_code == 2 and "already exists" in result.output
+    result = runner.invoke(app, _graph_args(bundle, dicts, root, "--out", str(root / "model"), "--force"))
+    assert result.exit_code == 2 and "is not a graph folder" in result.output
+    assert (root / "model" / "model.safetensors").is_file()
+
+
+def test_a_concurrent_writer_of_the_same_graph_is_refused(zoo):
+    from workbench.store.names import sole_writer
+
+    bundle, dicts, root = zoo
+    with sole_writer(root / "art" / "graphs" / "mine", "graph folder"):  # another process writing it
+        result = runner.invoke(app, _graph_args(bundle, dicts, root, "--name", "mine", "--force"))
+    assert result.exit_code == 2 and "graph folder" in result.output and "is being written by another process" in result.output
+    assert not (root / "art" / "graphs" / "mine").exists() and Catalog(root / "art").list("graph") == []
+
+
+def test_a_set_missing_a_layer_builds_no_graph(zoo):
+    bundle, dicts, root = zoo
+    save_dictionary_set(dicts, {"layer0": "layer0"}, {"model_name": bundle.name, "layers": [0, 1]})
+    result = runner.invoke(app, _graph_args(bundle, dicts, root))
+    assert result.exit_code == 2 and "missing layer(s) [1]" in result.output
+    assert not (root / "art" / "graphs").exists()
+
+
+def test_recorded_model_config_must_match(zoo, tmp_path):
+    from workbench.dictionaries.dictionary_set import set_model_meta
+
+    bundle, _, root = zoo
+    mingru = _model_folder(tmp_path / "mingru", arch="mingru", name="tiny-mingru")
+    theirs = _dict_set(tmp_path / "mingru-dicts", mingru)
+    meta = read_json(theirs / "set.json")
+    save_dictionary_set(theirs, meta["members"], set_model_meta(mingru) | {"model_name": bundle.name})
+    with pytest.raises(ValueError, match=r"trained on model tiny-recall with \{'architecture': 'mingru'.*"
+                                         r"'architecture': 'transformer'.*trained on another model"):
+        build_graph(bundle, theirs, _prompt(bundle), catalog=Catalog(root / "art"), progress=False)
+    assert not (root / "art" / "graphs").exists()

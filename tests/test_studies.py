@@ -101,3 +101,55 @@ def test_cli_study_run_and_errors(tmp_path):
     out = runner.invoke(app, ["study", "run", str(bad), "--models", str(ZOO), "--artifacts", str(tmp_path / "a")])
     assert out.exit_code == 2 and "transformer-recall" in out.output
     assert not (tmp_path / "a" / "studies" / "t").exists()  # nothing written before the models resolve
+
+
+def test_every_method_has_an_example_spec_and_every_spec_in_the_checkout_parses():
+    from workbench.studies import load_spec
+    from workbench.studies.methods import METHODS, load_adapters
+
+    load_adapters()
+    root = Path(__file__).resolve().parents[1] / "studies"
+    examples = {load_spec(p).steps[0].method for p in (root / "examples").glob("*.yaml")}
+    assert examples == set(METHODS), f"methods without an example: {set(METHODS) - examples}"
+    for path in root.glob("*/study.yaml"):
+        assert load_spec(path).steps
+
+
+def test_published_study_is_catalogued_from_its_copy(tmp_path):
+    from workbench.studies.runner import publish_study, register_published_studies
+
+    spec = _spec(models=["transformer-recall"], steps=[{"method": "ablate", "kinds": ["mlp"]}])
+    result = run_study(_write(tmp_path, spec), Catalog(tmp_path / "a"), models_dir=ZOO)
+    copy = publish_study(result.folder, tmp_path / "studies" / "s" / "results")
+    catalog = Catalog(tmp_path / "b")
+    assert register_published_studies(tmp_path / "studies", catalog) == ["s"]
+    entry = catalog.get("study", "s")
+    assert Path(entry["path"]) == copy and entry["meta"]["published"]
+    frame = load_study(copy)["units"][0]["frame"]
+    assert frame.equals(pd.read_parquet(result.folder / result.units[0]["table"]))
+
+
+def test_intervention_commands_run_as_one_step_studies_and_reuse_their_results(tmp_path):
+    common = ["--models", str(ZOO), "--artifacts", str(tmp_path / "a"), "--n", "2"]
+    first = runner.invoke(app, ["patch", "--model", "transformer-recall", *common])
+    assert first.exit_code == 0, first.output
+    assert "patch on transformer-recall: clean" in first.output and "figure:" in first.output
+    again = runner.invoke(app, ["patch", "--model", "transformer-recall", *common])
+    assert "stored earlier" in again.output
+    for args in (["ablate", "--model", "mingru-recall", "--kind", "state"],
+                 ["steer", "--model", "xlstm-recall", "--coef", "1.0"],
+                 ["trace", "--model", "lstm-toyworld", "--samples", "2"]):
+        out = runner.invoke(app, [*args, *common])
+        assert out.exit_code == 0, (args, out.output)
+    assert len(Catalog(tmp_path / "a").list("study")) == 4
+
+
+def test_intervention_commands_give_one_line_errors(tmp_path):
+    common = ["--models", str(ZOO), "--artifacts", str(tmp_path / "a")]
+    unequal = runner.invoke(app, ["patch", "--model", "transformer-recall", "--clean", "a > 1 b > 2 ? a",
+                                  "--corrupted", "a > 1 b > 2 c ? b", "--answer", "1", "--contrast", "2", *common])
+    assert unequal.exit_code == 2 and "has 9 tokens" in unequal.output and "has 10" in unequal.output
+    hook = runner.invoke(app, ["patch", "--model", "transformer-recall", "--hook", "blocks.{l}.hook_mlp_ot",
+                               "--n", "2", *common])
+    assert hook.exit_code == 2 and "nearest" in hook.output and "hook_mlp_out" in hook.output
+    assert not list((tmp_path / "a" / "studies").glob("*/tables/*"))  # nothing half written

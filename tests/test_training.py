@@ -98,12 +98,40 @@ def test_kill_9_then_resume_gives_identical_weights(tmp_path):
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):
+    """What is trained (model, task, seed, batch size, weight decay, betas) cannot change on resume."""
     task, mcfg, cfg = tiny_setup(steps=20)
     train(mcfg, task, cfg, tmp_path / "run", progress=False, stop_after=10)
-    _, _, other = tiny_setup(steps=20)
-    other.lr = 1e-2
-    with pytest.raises(ValueError, match=r"different config.*train\.lr: 0\.003 -> 0\.01"):
+    _, _, other = tiny_setup(steps=20, batch_size=8, lr=1e-2)
+    with pytest.raises(ValueError, match=r"different config; refusing to resume\. Differences: "
+                                         r"train\.batch_size: 16 -> 8\. A resume may change only steps, lr, .*"
+                                         r"`wb train \.\.\. --fresh`.*another --run-dir"):
         train(mcfg, task, other, tmp_path / "run", progress=False)
+    wider = {**mcfg, "d_mlp": 32}
+    with pytest.raises(ValueError, match=r"Differences: model\.d_mlp: 64 -> 32; train\.seed: 3 -> 4\."):
+        train(wider, task, tiny_setup(steps=20, seed=4)[2], tmp_path / "run", progress=False)
+    with pytest.raises(ValueError, match=r"Differences: task\.n_pairs: 2 -> 3\."):
+        train(mcfg, make_task("recall", n_pairs=3), cfg, tmp_path / "run", progress=False)
+    assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [10]  # refusals write nothing
+
+
+def test_resume_may_change_how_it_is_optimised_and_notes_it(tmp_path):
+    task, mcfg, cfg = tiny_setup(steps=20)
+    train(mcfg, task, cfg, tmp_path / "run", progress=False, stop_after=10)
+    _, _, lower = tiny_setup(steps=30, lr=1e-3, warmup_steps=2, eval_every=5)
+    notes = []
+    resumed = train(mcfg, task, lower, tmp_path / "run", progress=False, log=notes.append)
+    assert resumed.resumed_from == 10 and resumed.steps == 30  # steps grew: training went on
+    changes = "train.eval_every: 10 -> 5; train.lr: 0.003 -> 0.001; train.steps: 20 -> 30; train.warmup_steps: 5 -> 2"
+    assert resumed.extra["resume_changes"] == changes.split("; ")
+    assert notes == [f"resumed at step 10 with changed settings: {changes} (noted in {tmp_path / 'run' / 'train.log'})"]
+    (line,) = (tmp_path / "run" / "train.log").read_text().splitlines()
+    assert line.endswith(f" resumed at step 10 with changed settings: {changes}")
+    # the checkpoints now carry the new settings: resuming under them again is no change
+    again = train(mcfg, task, lower, tmp_path / "run", progress=False, log=notes.append)
+    assert again.resumed_from == 30 and again.extra["resume_changes"] == [] and len(notes) == 1
+    with pytest.raises(ValueError, match=r"holds a checkpoint at step 30, past steps=25; give steps >= 30"):
+        train(mcfg, task, tiny_setup(steps=25, lr=1e-3, warmup_steps=2, eval_every=5)[2], tmp_path / "run",
+              progress=False)
 
 
 def test_corrupted_checkpoint_names_the_file(tmp_path):
@@ -129,11 +157,15 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
         return loss * float("nan") if calls["n"] > 13 else loss
 
     monkeypatch.setattr(trainer_module, "masked_token_loss", loss_turning_nan)
-    with pytest.raises(TrainingDiverged, match=r"loss nan at step 13.*step-00000010 \(step 10\)"):
+    with pytest.raises(TrainingDiverged, match=r"loss nan at step 13.*step-00000010 \(step 10\)\. Resume with a "
+                                               r"lower learning rate or a longer warm-up"):
         train(mcfg, task, cfg, tmp_path / "run", progress=False)
     assert [s for s, _ in list_checkpoints(tmp_path / "run")] == [10]
     state = json.loads((list_checkpoints(tmp_path / "run")[-1][1] / "state.json").read_text())
     assert state["step"] == 10
+    monkeypatch.setattr(trainer_module, "masked_token_loss", real_loss)
+    _, _, lower = tiny_setup(steps=30, lr=1e-3)  # the advice works: a lower lr resumes from step 10
+    assert train(mcfg, task, lower, tmp_path / "run", progress=False).resumed_from == 10
 
 
 def test_checkpoints_are_pruned_to_keep(tmp_path):

@@ -30,12 +30,14 @@ ZOO_COLUMN_CONFIG = {
     "replacement agreement": st.column_config.NumberColumn(format="percent"),
     "graph replacement score": st.column_config.NumberColumn(format="%.3f"),
     "graph completeness score": st.column_config.NumberColumn(format="%.3f"),
+    "graph validation r": st.column_config.NumberColumn(format="%.2f"),
 }
 DICT_COLUMNS = {"fvu": "FVU per layer", "l0": "L0 per layer", "dead_fraction": "dead per layer",
                 "agreement": "agreement (held-out)", "agreement_test": "agreement (test split)",
                 "graphs.replacement": "replacement", "graphs.completeness": "completeness",
                 "graphs.pruned_replacement": "pruned replacement", "graphs.pruned_completeness": "pruned completeness",
-                "graphs.pruned_nodes": "pruned nodes", "graphs.n_prompts": "prompts"}
+                "graphs.pruned_nodes": "pruned nodes", "graphs.n_prompts": "prompts",
+                "graphs.validation.pearson": "validation r", "graphs.validation.spearman": "validation rank r"}
 
 
 def fmt(value: object, spec: str) -> str:
@@ -100,7 +102,10 @@ def show_dictionaries(card: dict) -> None:
                "<bos> position left out; agreement: share of the positions that predict a target token where the "
                "model with every MLP replaced predicts the same next token as the original, on held-out rows of "
                "the training distribution and on the task's test split; graph scores: means over the card's "
-               "test prompts, full graphs and graphs pruned at node 0.8 / edge 0.98.")
+               "test prompts, full graphs and graphs pruned at node 0.8 / edge 0.98; validation r: per graph, "
+               "the correlation between the top-logit change the graph predicts when each of its 10 most "
+               "influential features is ablated and the change the live model shows (attention, gates and "
+               "norms free to respond), averaged over the prompts (Pearson; rank r: Spearman).")
 
 
 def show_sweep(card: dict) -> None:

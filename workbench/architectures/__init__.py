@@ -2,11 +2,19 @@
 
 ``build_model(config)`` makes a fresh model from a JSON-able config whose ``architecture`` field names
 the builder; every builder returns a ``HookedRootModule`` with the shared hook names (see ``hooked``).
+
+A config's fields are typed and range-checked (:mod:`workbench.fields`) whether they come from code
+(``model_config``), the command line or a model folder's ``config.json``. A config read back must hold
+the fields that decide the model's size and function (:data:`REQUIRED_FIELDS`, where the architecture
+has them); the others are optional variant settings: a missing one takes its architecture's default,
+with a warning naming it.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -18,6 +26,7 @@ from workbench.architectures.hooked import (
     hook_name,
     shared_hook_names,
 )
+from workbench.fields import Field, activations, check_values, fields_from_defaults
 
 ARCHITECTURES: dict[str, Callable[[dict], torch.nn.Module]] = {
     "transformer": transformer.build,
@@ -36,6 +45,11 @@ DEFAULTS: dict[str, dict] = {
     "xlstm": xlstm.DEFAULTS,
 }
 
+# What every config read back must name, where its architecture has the field: the sizes of every
+# weight and the activation (which no weight's shape reveals). Every other field is optional.
+REQUIRED_FIELDS = ("d_vocab", "n_ctx", "n_layers", "d_model", "d_mlp", "n_heads", "act_fn")
+EXTRA_FIELDS = {"seed": None, "d_head": 1}  # accepted beside DEFAULTS: the build seed, the transformer's head width
+
 
 def architecture_names() -> list[str]:
     return sorted(ARCHITECTURES)
@@ -47,24 +61,55 @@ def check_architecture(name: str) -> str:
     return name
 
 
+def model_fields(architecture: str) -> dict[str, Field]:
+    """Each config field's type and range (:mod:`workbench.fields`), ``d_vocab`` and ``n_ctx`` included."""
+    defaults = {**DEFAULTS[check_architecture(architecture)], "d_vocab": 1, "n_ctx": 1, **EXTRA_FIELDS}
+    return fields_from_defaults(defaults, {"act_fn": activations(architecture)})
+
+
 def model_config(architecture: str, d_vocab: int, n_ctx: int, **overrides) -> dict:
     """A complete config: the architecture's defaults, the task's vocabulary and length, overrides."""
     check_architecture(architecture)
-    unknown = set(overrides) - set(DEFAULTS[architecture]) - {"seed", "d_head"}
+    unknown = set(overrides) - set(DEFAULTS[architecture]) - set(EXTRA_FIELDS)
     if unknown:
         raise ValueError(
             f"unknown {architecture} config field(s) {sorted(unknown)}; "
             f"choose from: {', '.join(sorted(DEFAULTS[architecture]))}"
         )
-    return {"architecture": architecture, **DEFAULTS[architecture], **overrides, "d_vocab": d_vocab, "n_ctx": n_ctx}
+    config = {"architecture": architecture, **DEFAULTS[architecture], **overrides, "d_vocab": d_vocab, "n_ctx": n_ctx}
+    return check_values(model_fields(architecture), config, f"{architecture} config: ")
 
 
-def build_model(config: dict) -> torch.nn.Module:
-    """A fresh model; with ``seed`` in the config the initial weights are the same bytes every time,
-    for every architecture, without disturbing the caller's random state."""
+def complete_config(config: dict, source: str | Path | None = None) -> dict:
+    """``config`` checked: every required field present, every value of its type and range; an absent
+    optional field takes the architecture's default with a warning. Errors name ``source`` when given."""
+    where = f"{source}: " if source else "model config: "
+    if not isinstance(config, dict):
+        raise ValueError(f"{where}a model config is a JSON object, not {type(config).__name__}")  # noqa: TRY004
     if "architecture" not in config:
-        raise ValueError(f"model config has no 'architecture' field; choose one of: {', '.join(architecture_names())}")
-    builder = ARCHITECTURES[check_architecture(config["architecture"])]
+        raise ValueError(f"{where}no 'architecture' field; choose one of: {', '.join(architecture_names())}")
+    if config["architecture"] not in ARCHITECTURES:
+        raise ValueError(f"{where}unknown architecture {config['architecture']!r}; "
+                         f"choose one of: {', '.join(architecture_names())}")
+    arch = config["architecture"]
+    known = {**DEFAULTS[arch], "d_vocab": None, "n_ctx": None}
+    missing = [name for name in known if name not in config]
+    required = [name for name in missing if name in REQUIRED_FIELDS]
+    if required:
+        raise ValueError(f"{where}{arch} config lacks the required field(s) {required}")
+    if missing:
+        filled = ", ".join(f"{name}={DEFAULTS[arch][name]!r}" for name in missing)
+        warnings.warn(f"{where}{arch} config lacks the optional field(s) {missing}; using the defaults {filled}",
+                      stacklevel=3)
+    return check_values(model_fields(arch), {**{k: DEFAULTS[arch][k] for k in missing}, **config}, where)
+
+
+def build_model(config: dict, source: str | Path | None = None) -> torch.nn.Module:
+    """A fresh model; with ``seed`` in the config the initial weights are the same bytes every time,
+    for every architecture, without disturbing the caller's random state. ``source`` (the config's
+    file) is named in errors about the config."""
+    config = complete_config(config, source)
+    builder = ARCHITECTURES[config["architecture"]]
     if config.get("seed") is None:
         return builder(config)
     with torch.random.fork_rng(devices=[]):
@@ -83,8 +128,10 @@ __all__ = [
     "SharedHookNames",
     "architecture_names",
     "build_model",
+    "complete_config",
     "count_parameters",
     "hook_name",
     "model_config",
+    "model_fields",
     "shared_hook_names",
 ]

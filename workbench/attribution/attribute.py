@@ -49,6 +49,18 @@ class AttributionConfig:
     rerank_every: int = 4  # batches between influence re-rankings (only with max_feature_nodes)
     feature_chunk: int = 2048  # features gathered at once when turning gradients into edges
 
+    def __post_init__(self):
+        for name in ("max_n_logits", "batch_size", "rerank_every", "feature_chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"attribution {name} expects a positive integer, got {value!r}")
+        if self.max_feature_nodes is not None and (not isinstance(self.max_feature_nodes, int)
+                                                   or self.max_feature_nodes < 1):
+            raise ValueError(f"attribution max_feature_nodes expects a positive integer or None, "
+                             f"got {self.max_feature_nodes!r}")
+        if not 0.0 < self.desired_logit_prob <= 1.0:
+            raise ValueError(f"attribution desired_logit_prob expects a value in (0, 1], got {self.desired_logit_prob!r}")
+
 
 class _Rows:
     """Backward passes over the one retained forward pass (step 4)."""

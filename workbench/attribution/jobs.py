@@ -1,7 +1,7 @@
 """The job behind ``wb graph`` and the app's graph page: model folder + dictionary set + prompt -> a
 saved, catalogued, pruned and scored attribution graph. Nothing here prints.
 
-Graph folder (default ``<artifacts>/graphs/<model>-<slug of the prompt>``)::
+Graph folder (default ``<artifacts>/graphs/<name>``)::
 
     graph.safetensors, graph.json   the full graph (``graph.Graph``)
     neuronpedia.json                the pruned graph in circuit-tracer / Neuronpedia's JSON schema
@@ -10,14 +10,23 @@ Graph folder (default ``<artifacts>/graphs/<model>-<slug of the prompt>``)::
 1. Encode the prompt with the model's own tokenizer (a ``<bos>`` is put first when missing, as every
    task's rows begin with it); refuse unknown tokens, ids outside the vocabulary and prompts longer
    than the model's context, naming the limit.
-2. Load the dictionary set; refuse a set trained on another model (its ``set.json`` names the model) or
-   whose hooks and widths do not fit (``replacement.py``).
-3. Attribute, prune, score; write the folder atomically and list it in the catalog (kind ``graph``).
+2. Load the dictionary set; refuse a set trained on another model, or whose members leave the set
+   folder or miss a declared layer (``dictionary_set.load_set_for_model``).
+3. Name the graph. The automatic name is ``<model>-<slug of the prompt>-<hash>``, the hash of (model
+   folder, set folder, prompt tokens): graphs of one prompt through two sets or two models of one name
+   are two graphs, and building the same graph again replaces it. ``name`` is a plain name, confined
+   to ``<artifacts>/graphs`` (``store.names``); ``out`` is any folder the user chooses. An explicit
+   name or folder that already holds a graph is an error unless ``force``; ``force`` never replaces a
+   folder that is not a graph folder.
+4. Holding the folder's writer lock (a concurrent writer of the same folder is refused), attribute,
+   prune, score; build the whole folder under a staging name, publish it with one rename, then list it
+   in the catalog (kind ``graph``).
 """
 
 from __future__ import annotations
 
 import re
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,10 +35,11 @@ import torch
 from workbench.attribution.attribute import AttributionConfig, attribute
 from workbench.attribution.graph import Graph
 from workbench.attribution.prune import Pruned, graph_scores, normalize_rows, prune_graph
-from workbench.dictionaries.dictionary_set import load_dictionary_set
-from workbench.store.atomic import atomic_write_json, read_json
+from workbench.dictionaries.dictionary_set import load_set_for_model
+from workbench.store.atomic import atomic_write_json, publish_dir, read_json, staging_dir
 from workbench.store.catalog import Catalog
 from workbench.store.model_files import ModelBundle
+from workbench.store.names import name_folder, short_hash, sole_writer
 
 SUMMARY_FILE, NEURONPEDIA_FILE = "summary.json", "neuronpedia.json"
 
@@ -56,11 +66,7 @@ def encode_prompt(bundle: ModelBundle, prompt: str | list[int]) -> torch.Tensor:
 
 def load_replacement_set(bundle: ModelBundle, dict_folder: str | Path) -> tuple[list, dict]:
     """Step 2: the set's dictionaries (in layer order) and its ``set.json`` meta."""
-    members, meta = load_dictionary_set(dict_folder)
-    trained_on = meta.get("model_name")
-    if trained_on and trained_on != bundle.name:
-        raise ValueError(f"dictionary set {dict_folder} was trained on model {trained_on!r}, not {bundle.name!r}; "
-                         "pick a set trained on this model")
+    members, meta = load_set_for_model(bundle, dict_folder)
     return list(members.values()), meta
 
 
@@ -99,6 +105,52 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40] or "graph"
 
 
+def auto_graph_name(bundle: ModelBundle, dict_folder: str | Path, tokens: torch.Tensor, text: str) -> str:
+    """Step 3's automatic name: readable stem, plus the hash of what makes the graph this graph."""
+    model = re.sub(r"[^A-Za-z0-9_-]+", "-", bundle.name).strip("-")[:40] or "model"
+    identity = short_hash(Path(bundle.folder).resolve(), Path(dict_folder).resolve(), tokens.flatten().tolist())
+    return f"{model}-{_slug(text)}-{identity}"
+
+
+def graph_target(bundle: ModelBundle, dict_folder: str | Path, tokens: torch.Tensor, text: str, catalog: Catalog,
+                 name: str | None, out: str | Path | None) -> tuple[str, Path]:
+    """Step 3: ``(name, folder)``; a name that is not a plain name is refused."""
+    graphs = catalog.root / "graphs"
+    if name is not None:
+        name_folder(graphs, name, "graph")
+    name = name if name is not None else auto_graph_name(bundle, dict_folder, tokens, text)
+    return name, Path(out) if out is not None else name_folder(graphs, name, "graph")
+
+
+def _check_replace(folder: Path, name: str, catalog: Catalog, force: bool, name_given: bool) -> None:
+    """Step 3's rule for an explicit name or folder: replacing a graph needs ``force``."""
+    taken = folder.exists() and (not folder.is_dir() or any(folder.iterdir()))
+    listed = name_given and catalog.manifest_path("graph", name).is_file()
+    if force:
+        if taken and not (folder / "graph.json").is_file():
+            raise ValueError(f"{folder} exists and is not a graph folder; refusing to replace it even with --force: "
+                             "choose another --out")
+        return
+    if taken or listed:
+        what = f"folder {folder}" if taken else f"the catalog (graph {name!r})"
+        raise ValueError(f"a graph named {name!r} already exists in {what}; pass --force to replace it, or choose "
+                         "another --name / --out")
+
+
+def _publish_graph(graph: Graph, pruned: Pruned, summary: dict, folder: Path, name: str) -> None:
+    """Step 4: the whole folder built under a staging name, then renamed into place."""
+    stage = staging_dir(folder)
+    try:
+        graph.save(stage)
+        write_neuronpedia_json(graph, pruned, stage / NEURONPEDIA_FILE, slug=name,
+                               node_threshold=summary["node_threshold"])
+        atomic_write_json(stage / SUMMARY_FILE, summary)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    publish_dir(stage, folder)
+
+
 def summarize(graph: Graph, pruned: Pruned, node_threshold: float, edge_threshold: float) -> dict:
     full, kept = graph_scores(graph), graph_scores(graph, pruned.node_mask)
     return {"prompt": graph.prompt, "n_tokens": graph.n_pos, "n_features": graph.n_features,
@@ -109,33 +161,49 @@ def summarize(graph: Graph, pruned: Pruned, node_threshold: float, edge_threshol
             "pruned_replacement_score": kept[0], "pruned_completeness_score": kept[1],
             "logits": [{"label": l, "probability": float(p)} for l, p in zip(graph.logit_labels, graph.logit_probabilities)],
             "top_paths": top_paths(graph, pruned), "approximate": graph.metadata.get("approximate", False),
-            "identity_error": graph.metadata.get("identity_error")}
+            "identity_error": graph.metadata.get("identity_error"),
+            "validation": {k: v for k, v in (graph.metadata.get("validation") or {}).items()
+                           if k in ("n_features", "pearson", "spearman", "frozen_max_deviation", "note")} or None}
 
 
 def build_graph(bundle: ModelBundle, dict_folder: str | Path, prompt: str | list[int], *, node_threshold: float = 0.8,
                 edge_threshold: float = 0.98, config: AttributionConfig | None = None, out: Path | None = None,
-                catalog: Catalog | None = None, name: str | None = None, progress: bool = True) -> dict:
-    """Steps 1-3; returns the summary with ``folder`` and ``name`` added."""
+                catalog: Catalog | None = None, name: str | None = None, force: bool = False,
+                progress: bool = True, validate: bool = True) -> dict:
+    """Steps 1-4; returns the summary with ``folder`` and ``name`` added. With ``validate`` the graph's
+    metadata and summary carry its validation by intervention (:func:`validation_of`)."""
     tokens = encode_prompt(bundle, prompt)
     dictionaries, set_meta = load_replacement_set(bundle, dict_folder)
     text = prompt if isinstance(prompt, str) else bundle.tokenizer.decode(tokens[0])
-    strings = bundle.tokenizer.tokens(tokens[0])
-    graph = attribute(bundle.model, dictionaries, tokens, prompt=text, token_strings=strings,
-                      token_label=lambda i: bundle.tokenizer.vocab[i], config=config, progress=progress,
-                      metadata={"model": bundle.name, "dictionaries": str(dict_folder),
-                                "dictionary_set": {k: set_meta.get(k) for k in ("kind", "activation") if k in set_meta}})
-    pruned = prune_graph(graph, node_threshold, edge_threshold)
-    summary = summarize(graph, pruned, node_threshold, edge_threshold)
     catalog = catalog or Catalog()
-    name = name or f"{bundle.name}-{_slug(text)}"
-    folder = Path(out) if out else catalog.root / "graphs" / name
-    graph.save(folder)
-    write_neuronpedia_json(graph, pruned, folder / NEURONPEDIA_FILE, slug=name, node_threshold=node_threshold)
-    atomic_write_json(folder / SUMMARY_FILE, summary)
-    catalog.register("graph", name, folder, {k: v for k, v in summary.items() if k != "top_paths"}
-                     | {"model": bundle.name, "dictionaries": str(dict_folder),
-                        "config": asdict(config or AttributionConfig())})
+    name_given, explicit = name is not None, name is not None or out is not None
+    name, folder = graph_target(bundle, dict_folder, tokens, text, catalog, name, out)
+    with sole_writer(folder, "graph folder"):
+        if explicit:
+            _check_replace(folder, name, catalog, force, name_given)
+        graph = attribute(bundle.model, dictionaries, tokens, prompt=text, token_strings=bundle.tokenizer.tokens(tokens[0]),
+                          token_label=lambda i: bundle.tokenizer.vocab[i], config=config, progress=progress,
+                          metadata={"model": bundle.name, "dictionaries": str(dict_folder),
+                                    "dictionary_set": {k: set_meta.get(k) for k in ("kind", "activation") if k in set_meta}})
+        graph.metadata["validation"] = validation_of(bundle.model, dictionaries, graph) if validate else None
+        pruned = prune_graph(graph, node_threshold, edge_threshold)
+        summary = summarize(graph, pruned, node_threshold, edge_threshold)
+        _publish_graph(graph, pruned, summary, folder, name)
+        catalog.register("graph", name, folder, {k: v for k, v in summary.items() if k != "top_paths"}
+                         | {"model": bundle.name, "dictionaries": str(dict_folder),
+                            "config": asdict(config or AttributionConfig())})
     return summary | {"folder": str(folder), "name": name}
+
+
+def validation_of(model, dictionaries, graph: Graph) -> dict:
+    """The graph checked against the live model (:mod:`workbench.interventions.validation`): per top
+    feature, the top logit's change the graph predicts for its ablation against the live change."""
+    from workbench.interventions.validation import validate_graph
+
+    visited = graph.metadata.get("n_visited_features", graph.n_features)
+    if visited < graph.metadata.get("n_active_features", visited):
+        return {"note": "not validated: the graph visited only part of the active features (max_feature_nodes)"}
+    return validate_graph(model, dictionaries, graph)
 
 
 def write_neuronpedia_json(graph: Graph, pruned: Pruned, path: Path, slug: str, node_threshold: float) -> None:
@@ -151,4 +219,4 @@ def load_summary(folder: str | Path) -> dict:
     return read_json(Path(folder) / SUMMARY_FILE)
 
 
-__all__ = ["build_graph", "encode_prompt", "load_replacement_set", "load_summary", "summarize", "top_paths"]
+__all__ = ["auto_graph_name", "build_graph", "encode_prompt", "load_replacement_set", "load_summary", "summarize", "top_paths"]

@@ -7,7 +7,6 @@ line on stderr and exit code 2, instead of a traceback.
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -29,29 +28,26 @@ def friendly_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from workbench.store.atomic import CorruptArtifactError
+        from workbench.store.catalog import CatalogError
         from workbench.training.checkpoint import TrainingDiverged
 
         try:
             return fn(*args, **kwargs)
-        except (ValueError, KeyError, FileNotFoundError, PermissionError, CorruptArtifactError, TrainingDiverged) as err:
+        except (ValueError, KeyError, FileNotFoundError, PermissionError, CorruptArtifactError, CatalogError,
+                TrainingDiverged) as err:
             msg = err.args[0] if isinstance(err, KeyError) and err.args else err
             typer.secho(f"error: {msg}", fg="red", err=True)
             raise typer.Exit(2) from None
     return wrapper
 
 
-def parse_assignments(items: list[str] | None, what: str) -> dict:
-    """``["d_model=128", "act_fn=relu"]`` -> ``{"d_model": 128, "act_fn": "relu"}`` (values as JSON if they parse)."""
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise ValueError(f"{what} {item!r} is not of the form key=value")
-        key, raw = item.split("=", 1)
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
+def parse_assignments(items: list[str] | None, what: str, fields: dict | None = None, kind: str = "field") -> dict:
+    """``["d_model=128", "act_fn=relu"]`` -> ``{"d_model": 128, "act_fn": "relu"}``: each value typed and
+    range-checked by its field in ``fields`` (:func:`workbench.fields.parse_assignments`); without
+    ``fields``, values are read as JSON when they parse."""
+    from workbench.fields import parse_assignments as parse_typed
+
+    return parse_typed(items, what, fields, kind)
 
 
 ModelArg = Annotated[Path, typer.Option("--model", help="A model folder (e.g. models/transformer-toyworld).")]

@@ -52,6 +52,13 @@ def dict_train(
     batch_size: Annotated[int, typer.Option(help="Token rows per step.")] = 1024,
     lr: Annotated[float, typer.Option(help="Learning rate.")] = 1e-3,
     out: Annotated[Path | None, typer.Option(help="Set folder (default <artifacts>/dictionaries/<name>).")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace a set of another config that the folder already "
+                                                        "holds, its checkpoints and feature data too (the same "
+                                                        "config resumes without it).")] = False,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Start over: delete the set's run checkpoints first (and "
+                                                        "replace the set).")] = False,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Steps between checkpoints (default min(100, "
+                                                              "steps)); a resume may change it.")] = None,
     activations: Annotated[str, typer.Option(help="live (stream from the model) or store (collect into "
                                                   "<artifacts>/activations first).")] = "live",
     n_sequences: Annotated[int, typer.Option(help="Sequences collected for --activations store.")] = 512,
@@ -68,9 +75,12 @@ def dict_train(
     from workbench.store.model_files import load_model_folder
 
     result = train_set(load_model_folder(model), kind, activation, k, features, layers, steps, batch_size, lr, out,
-                       activations, n_sequences, Catalog(artifacts), seed=seed, progress=progress, device=device)
+                       activations, n_sequences, Catalog(artifacts), seed=seed, progress=progress, device=device,
+                       force=force, fresh=fresh, checkpoint_every=checkpoint_every)
     if os.environ.get("RANK", "0") != "0":
         return  # under torchrun rank 0 reports
+    for member, changes in result["resumed_with_changes"].items():
+        typer.echo(f"note: {member} resumed with changed settings ({'; '.join(changes)}); noted in its train.log")
     _echo_dict_metrics(result["metrics"])
     _echo_spliced(result)
     typer.echo(f"dictionary set {result['name']}: {result['folder']}")

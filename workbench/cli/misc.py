@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -47,7 +49,37 @@ def launch_app(host: str, port: int, artifacts: str | None, models: str | None) 
     cmd = [sys.executable, "-m", "streamlit", "run", str(home), "--server.address", host, "--server.port", str(port),
            "--server.headless", "true", "--browser.gatherUsageStats", "false"]
     typer.echo(f"app on http://{host}:{port}  (Ctrl-C stops it)")
-    raise typer.Exit(subprocess.call(cmd, env=env))
+    raise typer.Exit(run_forwarding_signals(cmd, env))
+
+
+STOP_GRACE_S = 10.0  # after a forwarded signal, how long the child may take to stop before it is killed
+
+
+def run_forwarding_signals(cmd: list[str], env: dict) -> int:
+    """Run ``cmd`` as a child and pass SIGTERM and SIGINT on to it, so stopping ``wb app`` stops the
+    server (else the orphan keeps the port); waits for the child and returns its exit code (128 + the
+    signal's number when a signal ended it, as a shell reports it)."""
+    child = subprocess.Popen(cmd, env=env)
+    forwarded: list[float] = []
+
+    def forward(signum, _frame):
+        forwarded.append(time.monotonic())
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        while True:
+            try:
+                code = child.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                if forwarded and time.monotonic() - forwarded[0] > STOP_GRACE_S:
+                    child.kill()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 - code if code < 0 else code
 
 
 @app.command("app")
@@ -67,6 +99,7 @@ def app_cmd(
 def demo(host: str = "127.0.0.1", port: int = 8501, artifacts: ArtifactsOpt = None, models: ModelsOpt = None):
     """The main job: build the zoo's missing models, verify every model, then open the app."""
     from workbench.store import Catalog, models_root
+    from workbench.studies.runner import register_published_studies
     from workbench.zoo import build_zoo, verify_zoo
     from workbench.zoo.dictionaries import demo_graph, register_zoo_dictionaries
 
@@ -76,6 +109,8 @@ def demo(host: str = "127.0.0.1", port: int = 8501, artifacts: ArtifactsOpt = No
     for row in rows:
         typer.echo(f"{'ok  ' if row.ok else 'FAIL'} {row.name}: {'; '.join(row.problems) or 'matches its card'}")
     typer.echo(f"{len(register_zoo_dictionaries(models_dir, catalog))} zoo dictionary sets catalogued")
+    studies = register_published_studies(Path(__file__).resolve().parents[2] / "studies", catalog)
+    typer.echo(f"{len(studies)} published studies catalogued")
     graph = demo_graph(models_dir, catalog)
     if graph:
         typer.echo(f"graph {graph['name']}: {graph['n_nodes']} nodes, replacement {graph['replacement_score']:.3f}, "

@@ -22,16 +22,21 @@ def study_run(
                                              "<name>-quick.")] = False,
     fresh: Annotated[bool, typer.Option(help="Delete this study's earlier results first instead of "
                                              "resuming.")] = False,
+    publish: Annotated[bool, typer.Option(help="Also copy the finished results beside the spec "
+                                               "(<spec folder>/results), to commit with it.")] = False,
     models: ModelsOpt = None,
     artifacts: ArtifactsOpt = None,
 ):
     """Run a study deterministically; a stopped run resumes from its finished units."""
     from workbench.store import Catalog
     from workbench.studies import run_study
+    from workbench.studies.runner import publish_study
 
     result = run_study(spec, Catalog(artifacts), quick=quick, fresh=fresh, models_dir=models, log=typer.echo)
     typer.echo(f"study {result.name}: {len(result.units)} units ({result.resumed} from an earlier run); "
                f"tables and figures in {result.folder}")
+    if publish:
+        typer.echo(f"published to {publish_study(result.folder, spec.parent / 'results')}")
 
 
 @study_app.command("list")

@@ -52,7 +52,13 @@ from workbench.dictionaries.activation_reader import (
     ActivationStore,
     mix_seed,
 )
-from workbench.store.atomic import atomic_write_json, read_json, save_safetensors, sha256_file
+from workbench.store.atomic import (
+    atomic_write_json,
+    clean_stale_temporaries,
+    read_json,
+    save_safetensors,
+    sha256_file,
+)
 from workbench.tasks.base import Task
 from workbench.training.checkpoint import describe_config_change
 
@@ -241,6 +247,7 @@ def collect_activations(model, task: Task, folder: str | Path, hooks: list[str],
     fingerprint = _spec_fingerprint(spec)
     done = _existing_shards(folder, spec, fingerprint)
     folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_temporaries(folder, recursive=False)  # shards of a killed earlier run are large
     manifest = {"format": STORE_FORMAT, "fingerprint": fingerprint, "collection": spec, "hooks": list(hooks),
                 "widths": plan.widths, "dtype": dtype, "n_tokens": plan.n_tokens, "seed": seed,
                 "plan": {"n_shards": plan.n_shards, "rows_per_shard": plan.rows_per_shard, "bytes": plan.bytes},

@@ -17,8 +17,12 @@
 5. Every ``checkpoint_every`` steps an atomic checkpoint through the model trainer's
    :mod:`workbench.training.checkpoint` (weights incl. scales and dead counters, Adam state, RNG,
    curves, checksums). On start a checkpoint of the same config is resumed and the run ends in the
-   same bytes; a different config is refused with the differences listed.
-6. A non-finite loss or gradient raises :class:`TrainingDiverged`; the last good checkpoint stays.
+   same bytes. A resume may change the settings in ``RESUMABLE`` (learning rate and warm-up, the
+   log / eval / checkpoint cadence: how the run is optimised and saved, not what is trained nor on
+   which data); the change is noted in ``run_dir/train.log`` and the result. Any other difference is
+   refused, naming it and the way to start over (``wb dict train --fresh``).
+6. A non-finite loss or gradient raises :class:`TrainingDiverged`; the last good checkpoint stays, and
+   the message says how to resume from it with a lower learning rate.
 7. At the end, evaluate per-layer metrics and publish ``run_dir/dictionary`` (weights, config, card).
 
 Data parallel (torchrun, :mod:`.distributed`): with ``data_shards`` ``D`` > 1 (default: the number of
@@ -63,12 +67,19 @@ from workbench.training.checkpoint import (
     TrainingDiverged,
     check_finite,
     fingerprint,
+    note_in_run_log,
     resume_run,
     save_checkpoint,
 )
 from workbench.training.strict_config import StrictConfig
 
 NORMALIZATION_SALT, EVAL_SALT, RESAMPLE_SALT = 101, 202, 303
+RESUMABLE = ("lr", "warmup_steps", "log_every", "checkpoint_every", "keep_checkpoints", "eval_batches")
+RESUME_ADVICE = (f"A resume may change only {', '.join(RESUMABLE)}. Start over with `wb dict train ... --fresh` "
+                 "(deletes the set's run checkpoints), or train into another --out.")
+DIVERGED_ADVICE = ("Check the activations for NaN/inf; then resume from the last good checkpoint with a lower "
+                   "learning rate (`wb dict train ... --lr <lower>`: a resume may change lr and warm-up), or start "
+                   "over with `wb dict train ... --fresh`.")
 
 
 @dataclass
@@ -247,8 +258,7 @@ def _train_step(run: _Run, batch: dict, step: int) -> tuple[dict, int]:
     if unit:
         d.remove_parallel_decoder_grad()
     grad_norm = torch.nn.utils.clip_grad_norm_(d.parameters(), cfg.grad_clip)
-    check_finite(loss, grad_norm, step, run.run_dir,
-                 "Check the activations for NaN/inf, lower the learning rate or raise warm-up.")
+    check_finite(loss, grad_norm, step, run.run_dir, DIVERGED_ADVICE)
     run.optimizer.step()
     if unit:
         d.normalize_decoder()
@@ -281,15 +291,19 @@ def _start(config: DictionaryConfig, source, cfg: DictTrainConfig, run_dir: Path
     tracker = DeadFeatureTracker(config.n_layers, config.n_features, cfg.dead_window_tokens)
     state = _TrainingState(dictionary, tracker).to(device)
     optimizer = torch.optim.Adam(dictionary.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), foreach=False)
-    # no global RNG to restore: init and resampling use seeded generators
-    start, saved = resume_run(run_dir, run_config, state, optimizer, "dictionary checkpoint", restore_rng=False)
+    # no global RNG to restore: init and resampling use seeded generators; the lr is set every step
+    start, saved = resume_run(run_dir, run_config, state, optimizer, "dictionary checkpoint", restore_rng=False,
+                              may_change=frozenset(f"train.{k}" for k in RESUMABLE), advice=RESUME_ADVICE)
+    changes = saved["changes"]
+    if changes and comm.is_writer:
+        note_in_run_log(run_dir, f"resumed at step {start} with changed settings: {'; '.join(changes)}")
     parts = source_parts(source, cfg.data_shards, comm)
     if start == 0 and cfg.normalize_activations:
         scale_in, scale_out = estimate_scales(parts, config, cfg, comm)
         dictionary.input_scale.copy_(scale_in)
         dictionary.output_scale.copy_(scale_out)
     comm.barrier()  # every process has read the checkpoint before rank 0 may write the next
-    return run_config, _Run(state, optimizer, cfg, comm, device, run_dir), parts, start, saved
+    return run_config, _Run(state, optimizer, cfg, comm, device, run_dir), parts, start, saved, changes
 
 
 def train_dictionary(config: DictionaryConfig, source, cfg: DictTrainConfig, run_dir: str | Path,
@@ -305,8 +319,8 @@ def train_dictionary(config: DictionaryConfig, source, cfg: DictTrainConfig, run
     run_dir.mkdir(parents=True, exist_ok=True)
     comm = comm or current_comm(device)
     cfg = cfg.resolved(config, comm.world)
-    run_config, run, parts, start, saved = _start(config, source, cfg, run_dir, comm,
-                                                  torch.device(device) if device else comm.device)
+    run_config, run, parts, start, saved, changes = _start(config, source, cfg, run_dir, comm,
+                                                           torch.device(device) if device else comm.device)
     curves, tokens, elapsed = list(saved["curves"]), int(saved["tokens"]), float(saved["elapsed_s"])
     stream = _stream(parts, config, cfg, cfg.seed, start)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
@@ -331,7 +345,8 @@ def train_dictionary(config: DictionaryConfig, source, cfg: DictTrainConfig, run
     metrics = _finish(run, source, cfg, run_config, end, tokens) if end == cfg.steps else {}
     comm.barrier()  # the checkpoint and dictionary are on disk before any process returns
     frame = pd.DataFrame(curves, columns=["step", "tokens", "metric", "value"])
-    return DictTrainResult(dictionary, metrics, frame, run_dir, end, tokens, elapsed, resumed_from=start or None)
+    return DictTrainResult(dictionary, metrics, frame, run_dir, end, tokens, elapsed, resumed_from=start or None,
+                           extra={"resume_changes": changes} if changes else {})
 
 
 def _finish(run: _Run, source, cfg: DictTrainConfig, run_config: dict, steps: int, tokens: int) -> dict:

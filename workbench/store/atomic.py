@@ -5,6 +5,10 @@ the final name (``os.replace`` is atomic on POSIX). A reader never sees half a f
 mid-write leaves the previous version intact. Folders are published the same way: built under a
 temporary name, then renamed into place.
 
+Temporary names carry the writer's PID (``.<name>.<pid>-<random>.tmp`` for files,
+``.<name>.<pid>-<random>.staging`` for folders), so :func:`clean_stale_temporaries` can tell a killed
+writer's leftovers (its PID no longer runs) from a live writer's work in progress.
+
 Weights are safetensors only; :func:`load_safetensors` never unpickles and turns a damaged file into
 an error that names it.
 """
@@ -14,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -39,10 +45,14 @@ class CorruptArtifactError(RuntimeError):
     """A file exists but cannot be read back as what it claims to be."""
 
 
+def _temp_prefix(final: Path) -> str:
+    return f".{final.name}.{os.getpid()}-"
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), FILE_MODE)
@@ -115,4 +125,63 @@ def publish_dir(staging: Path, final: Path) -> Path:
 def staging_dir(final: Path) -> Path:
     """A fresh empty folder beside ``final`` to build it in before :func:`publish_dir`."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".staging", dir=final.parent))
+    return Path(tempfile.mkdtemp(prefix=_temp_prefix(final), suffix=".staging", dir=final.parent))
+
+
+# mkstemp/mkdtemp add 8 characters of [a-z0-9_]; older versions wrote no PID (``.<name>.<random>.tmp``)
+_WITH_PID = re.compile(r"^\..+\.(\d+)-[a-z0-9_]{8}\.(tmp|staging)$")
+_WITHOUT_PID = re.compile(r"^\..+\.[a-z0-9_]{8}\.(tmp|staging)$")
+STALE_AFTER_S = 3600.0
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process ``pid`` runs on this machine (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_stale(entry: Path, now: float, max_age_s: float, suffix: str) -> bool:
+    if not entry.name.endswith(suffix):  # temporary files end in .tmp, staging folders in .staging
+        return False
+    match = _WITH_PID.match(entry.name)
+    if match:
+        return not pid_alive(int(match.group(1)))
+    if _WITHOUT_PID.match(entry.name):
+        try:
+            return now - entry.lstat().st_mtime > max_age_s
+        except FileNotFoundError:  # renamed into place meanwhile
+            return False
+    return False
+
+
+def clean_stale_temporaries(folder: str | Path, recursive: bool = True,
+                            max_age_s: float = STALE_AFTER_S) -> list[Path]:
+    """Remove the temporary files and staging folders of writers that are gone; return what was removed.
+
+    1. Walk ``folder`` (every level when ``recursive``; links are not followed).
+    2. A temporary with a PID in its name is stale when that PID no longer runs; one without (written by
+       an older version) when it is older than ``max_age_s``. Anything else is left alone.
+    3. Remove stale files, and stale staging folders with their contents (their insides are not walked).
+    A PID reused by an unrelated process keeps its temporary: cleaning errs on the side of keeping.
+    """
+    folder, now, removed = Path(folder), time.time(), []
+    if not folder.is_dir():
+        return removed
+    for top, dirs, files in os.walk(folder):
+        base = Path(top)
+        for name in [d for d in dirs if _is_stale(base / d, now, max_age_s, ".staging")]:
+            shutil.rmtree(base / name, ignore_errors=True)
+            dirs.remove(name)
+            removed.append(base / name)
+        for name in files:
+            if _is_stale(base / name, now, max_age_s, ".tmp"):
+                (base / name).unlink(missing_ok=True)
+                removed.append(base / name)
+        if not recursive:
+            break
+    return sorted(removed)

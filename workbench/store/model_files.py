@@ -102,7 +102,7 @@ def load_model_folder(folder: str | Path) -> ModelBundle:
         if not (folder / required).is_file():
             raise FileNotFoundError(f"model folder {folder} lacks {required}")
     config = read_json(folder / "config.json")
-    model = build_model(config)
+    model = build_model(config, source=folder / "config.json")
     weights_path = folder / "model.safetensors"
     weights = load_safetensors(weights_path)
     fresh = non_finite_constants(model)

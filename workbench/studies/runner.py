@@ -11,6 +11,9 @@
    whose table exists is skipped, so a stopped run resumes where it stopped.
 5. When every unit is done, ``study.json`` (spec, digest, units with their summaries) is written and the
    study is catalogued (kind ``study``), after its files are published.
+6. :func:`publish_study` copies a finished study beside its spec (``studies/<study>/results``), and
+   :func:`register_published_studies` catalogues those copies (``wb demo`` does), so a fresh checkout's
+   app shows the committed results.
 """
 
 from __future__ import annotations
@@ -24,7 +27,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from workbench.store.atomic import atomic_write_bytes, atomic_write_json, atomic_write_text, read_json
+from workbench.store.atomic import (
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    publish_dir,
+    read_json,
+    staging_dir,
+)
 from workbench.store.catalog import Catalog, inside_root, models_root
 from workbench.studies.methods import METHODS, UnitContext
 from workbench.studies.spec import StudySpec, load_spec
@@ -97,7 +107,8 @@ def run_study(spec: StudySpec | str | Path, catalog: Catalog | None = None, *, q
                 resumed += 1
                 log(f"{unit}: done before, kept")
                 continue
-            ctx = UnitContext(model_path, spec.prompts, step.params, unit_seed(spec.seed, index, model_name), log)
+            ctx = UnitContext(model_path, {**spec.prompts, **step.prompts}, step.params,
+                              unit_seed(spec.seed, index, model_name), log)
             result = METHODS[step.method].run(ctx)
             if result.figure is not None:
                 atomic_write_text(folder / "figures" / f"{unit}.json", result.figure.to_json())
@@ -116,6 +127,35 @@ def run_study(spec: StudySpec | str | Path, catalog: Catalog | None = None, *, q
     catalog.register("study", spec.name, folder, {k: v for k, v in meta.items() if k != "units"}
                      | {"n_units": len(units), "methods": sorted({s.method for s in spec.steps})})
     return StudyResult(spec.name, folder, units, resumed)
+
+
+def publish_study(folder: str | Path, dest: str | Path) -> Path:
+    """Copy a finished study (``study.json``, tables, figures, summaries) to ``dest`` atomically, e.g. into
+    the checkout's ``studies/<study>/results`` so the measured results travel with the code."""
+    folder, dest = Path(folder), Path(dest)
+    if not (folder / STUDY_FILE).is_file():
+        raise FileNotFoundError(f"{folder} holds no finished study ({STUDY_FILE}); run it to the end first")
+    stage = staging_dir(dest)
+    for item in (STUDY_FILE, SPEC_FILE, "tables", "figures", "summaries"):
+        source = folder / item
+        if source.is_dir():
+            shutil.copytree(source, stage / item)
+        elif source.is_file():
+            shutil.copy2(source, stage / item)
+    return publish_dir(stage, dest)
+
+
+def register_published_studies(studies_dir: str | Path, catalog: Catalog) -> list[str]:
+    """Catalogue every published study under ``studies_dir`` (``*/results/study.json``), so the app lists
+    the committed results beside the ones run on this machine."""
+    names = []
+    for path in sorted(Path(studies_dir).glob(f"*/results/{STUDY_FILE}")):
+        meta = read_json(path)
+        catalog.register("study", meta["name"], path.parent, {k: v for k, v in meta.items() if k != "units"}
+                         | {"n_units": len(meta["units"]), "published": True,
+                            "methods": sorted({u["method"] for u in meta["units"]})})
+        names.append(meta["name"])
+    return names
 
 
 def load_study(folder: str | Path) -> dict:

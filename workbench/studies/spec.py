@@ -10,7 +10,9 @@
     steps:
       - method: patch                # one of workbench.studies.methods.METHODS
         hook: resid_pre              # the method's own parameters, checked against its defaults
-        mode: denoise
+        direction: denoise
+      - method: patch
+        prompts: {corrupt: value}    # a step may change the study's prompt source
 
 Loading checks every key: an unknown top-level key, method or method parameter is an error naming it
 and the choices, before anything runs or is written. The spec's canonical JSON hashes to the study's
@@ -35,6 +37,7 @@ NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,80}$")
 class Step:
     method: str
     params: dict
+    prompts: dict = field(default_factory=dict)  # this step's changes to the study's prompt source
 
     @property
     def label(self) -> str:
@@ -54,7 +57,8 @@ class StudySpec:
 
     def canonical(self) -> dict:
         return {"name": self.name, "seed": self.seed, "models": self.models, "prompts": self.prompts,
-                "steps": [{"method": s.method, **s.params} for s in self.steps]}
+                "steps": [{"method": s.method, **s.params, **({"prompts": s.prompts} if s.prompts else {})}
+                          for s in self.steps]}
 
     def digest(self) -> str:
         text = json.dumps(self.canonical(), sort_keys=True)
@@ -64,7 +68,7 @@ class StudySpec:
         """The spec with its ``quick`` overrides merged in (smaller prompt sets, fewer samples)."""
         prompts = {**self.prompts, **self.quick.get("prompts", {})}
         step_over = self.quick.get("steps", {})
-        steps = [Step(s.method, {**s.params, **step_over.get(s.method, {})}) for s in self.steps]
+        steps = [Step(s.method, {**s.params, **step_over.get(s.method, {})}, s.prompts) for s in self.steps]
         return StudySpec(f"{self.name}-quick", self.seed, self.quick.get("models", self.models), prompts, steps,
                          self.description, {}, self.source)
 
@@ -104,8 +108,12 @@ def parse_spec(data: dict, source: str = "<spec>") -> StudySpec:
     for i, raw in enumerate(data["steps"]):
         if not isinstance(raw, dict) or "method" not in raw:
             raise ValueError(f"study spec {source}: step {i} must be a mapping with a 'method'")
-        params = {k: v for k, v in raw.items() if k != "method"}
-        steps.append(Step(raw["method"], check_step(raw["method"], params, f"step {i} of {source}")))
+        params = {k: v for k, v in raw.items() if k not in ("method", "prompts")}
+        step_prompts = raw.get("prompts") or {}
+        if not isinstance(step_prompts, dict):
+            raise ValueError(f"study spec {source}: 'prompts' of step {i} must be a mapping")  # noqa: TRY004
+        _unknown(step_prompts, PROMPT_KEYS, f"'prompts' of step {i} of {source}")
+        steps.append(Step(raw["method"], check_step(raw["method"], params, f"step {i} of {source}"), step_prompts))
     quick = data.get("quick") or {}
     _unknown(quick, ("prompts", "steps", "models"), f"'quick' of {source}")
     prompts = data.get("prompts") or {}

@@ -8,8 +8,10 @@ Every task's format is documented in its module: :mod:`.algorithmic`, :mod:`.seq
 
 from __future__ import annotations
 
+import functools
 import inspect
 
+from workbench.fields import Field, check_values, fields_from_defaults
 from workbench.tasks.algorithmic import (
     HistogramTask,
     InductionTask,
@@ -50,6 +52,16 @@ def task_param_names(name: str) -> list[str]:
     return [p for p in inspect.signature(cls.__init__).parameters if p != "self"]
 
 
+@functools.cache
+def task_fields(name: str) -> dict[str, Field]:
+    """Each parameter's type and range (:mod:`workbench.fields`): from the default task's ``params()``,
+    and the constructor's defaults for parameters ``params()`` leaves out."""
+    cls = _task_class(name)
+    signature = inspect.signature(cls.__init__).parameters
+    defaults = {p: signature[p].default for p in task_param_names(name)} | cls().params()
+    return fields_from_defaults(defaults)
+
+
 def _task_class(name: str) -> type[Task]:
     if name not in TASKS:
         raise ValueError(f"unknown task {name!r}; choose one of: {', '.join(task_names())}")
@@ -66,7 +78,7 @@ def make_task(name: str, **params) -> Task:
             f"unknown parameter(s) {', '.join(map(repr, unknown))} for task {name!r}; "
             f"accepted: {', '.join(accepted)}"
         )
-    return cls(**params)
+    return cls(**check_values(task_fields(name), params, f"task {name!r}: "))
 
 
 __all__ = [
@@ -79,6 +91,7 @@ __all__ = [
     "exact_match",
     "make_task",
     "masked_token_loss",
+    "task_fields",
     "task_names",
     "task_param_names",
 ]

@@ -10,6 +10,11 @@ A checkpoint is a folder ``checkpoints/step-XXXXXXXX/`` holding
 It is built under a temporary name and renamed into place, so a folder named ``step-*`` is always
 complete; a kill -9 at any moment leaves the previous checkpoint intact. Loading verifies the
 checksums, so a damaged file is an error that names it rather than a silently different run.
+
+Resuming (:func:`resume_run`) compares the run's config with the checkpoint's: a difference is refused,
+naming the fields, unless the caller lists the field as one a resume may change (the trainers' settings
+that change how a run is optimised or saved, not what it trains); accepted changes are returned, and the
+trainer notes them in the run's ``train.log`` (:func:`note_in_run_log`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import json
 import re
 import shutil
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import torch
@@ -128,40 +134,66 @@ def latest_checkpoint(run_dir: Path) -> Checkpoint | None:
     return load_checkpoint(found[-1][1]) if found else None
 
 
-def describe_config_change(old: dict, new: dict, prefix: str = "") -> list[str]:
-    """Human-readable differences between two nested configs: ``train.lr: 0.001 -> 0.002``."""
+def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, object, object]]:
+    """(dotted field, old value, new value) for each leaf that differs between two nested configs."""
     changes = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key, "<absent>"), new.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
-            changes += describe_config_change(a, b, f"{prefix}{key}.")
+            changes += config_changes(a, b, f"{prefix}{key}.")
         elif a != b:
-            changes.append(f"{prefix}{key}: {a} -> {b}")
+            changes.append((f"{prefix}{key}", a, b))
     return changes
+
+
+def describe_config_change(old: dict, new: dict, prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested configs: ``train.lr: 0.001 -> 0.002``."""
+    return [f"{name}: {a} -> {b}" for name, a, b in config_changes(old, new, prefix)]
+
+
+LOG_FILE = "train.log"
+
+
+def note_in_run_log(run_dir: Path, text: str) -> None:
+    """One dated line appended to ``run_dir/train.log`` (a log only grows; nothing reads it back)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / LOG_FILE, "a", encoding="utf-8") as fh:
+        fh.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {text}\n")
 
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN or infinite."""
 
 
+DEFAULT_ADVICE = "Use a new run folder or --fresh."
+
+
 def resume_run(run_dir: Path, config: dict, module: torch.nn.Module, optimizer, what: str = "checkpoint",
-               restore_rng: bool = True) -> tuple[int, dict]:
+               restore_rng: bool = True, may_change: frozenset[str] = frozenset(),
+               advice: str = DEFAULT_ADVICE) -> tuple[int, dict]:
     """Load the run folder's latest checkpoint into ``module`` and ``optimizer``: (step, saved state),
-    or (0, an empty state) for a fresh run. A checkpoint of another config is refused, differences listed."""
+    or (0, an empty state) for a fresh run. A checkpoint of another config is refused, the differing
+    fields named, unless every difference is a field in ``may_change`` (dotted: ``train.lr``); the
+    accepted differences are then listed in the state's ``changes`` (``train.lr: 0.003 -> 0.001``)."""
     ckpt = latest_checkpoint(run_dir)
     if ckpt is None:
-        return 0, {"curves": [], "tokens": 0, "elapsed_s": 0.0}
+        return 0, {"curves": [], "tokens": 0, "elapsed_s": 0.0, "changes": []}
+    changes = []
     if ckpt.state.get("fingerprint") != fingerprint(config):
-        changes = describe_config_change(ckpt.state.get("config", {}), config)
-        raise ValueError(
-            f"run folder {run_dir} holds a {what} of a different config; refusing to resume. "
-            f"Differences: {'; '.join(changes[:8]) or 'unknown'}. Use a new run folder or --fresh."
-        )
+        # equal values that serialise differently (1 and 1.0) are no change
+        changes = config_changes(ckpt.state.get("config", {}), config)
+        refused = [c for c in changes if c[0] not in may_change]
+        if refused:
+            differences = "; ".join(f"{name}: {a} -> {b}" for name, a, b in refused[:8])
+            raise ValueError(
+                f"run folder {run_dir} holds a {what} of a different config; refusing to resume. "
+                f"Differences: {differences}. {advice}"
+            )
     module.load_state_dict(ckpt.model)
     optimizer.load_state_dict(ckpt.optimizer)
     if restore_rng:
         torch.set_rng_state(ckpt.state["rng_torch"])
-    return ckpt.step, ckpt.state
+    return ckpt.step, {**ckpt.state, "changes": [f"{name}: {a} -> {b}" for name, a, b in changes]}
 
 
 def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, run_dir: Path, advice: str) -> None:

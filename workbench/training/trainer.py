@@ -7,8 +7,13 @@
    position is the step number, so resuming needs no data-loader state.
 3. Every ``eval_every`` steps: accuracy, loss and perplexity on a fixed test batch; every
    ``checkpoint_every`` steps an atomic checkpoint (weights, optimizer, RNG, curves so far).
-4. On start, if the run folder holds a checkpoint of the same config, resume from it; a different
-   config is refused with the differences listed. A resumed run reaches bit-identical weights.
+4. On start, if the run folder holds a checkpoint of the same config, resume from it; a resumed run
+   reaches bit-identical weights. A resume may change the settings in :data:`RESUMABLE` (the learning
+   rate and its schedule, gradient clipping, the eval / checkpoint / log cadence: how the run is
+   optimised and saved, not what it trains), noted in ``run_dir/train.log`` and passed to ``log``;
+   ``steps`` may grow (training continues under the new schedule) or shrink to no less than the
+   checkpoint's step. Any other difference (model, task, seed, batch size, weight decay, Adam betas:
+   what is trained, on which data, or what the saved optimizer moments mean) is refused, naming it.
 5. A non-finite loss or gradient stops the run with :class:`TrainingDiverged`; no checkpoint is
    written after the last good one.
 """
@@ -17,7 +22,8 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import pandas as pd
@@ -25,10 +31,12 @@ import torch
 from tqdm.auto import tqdm
 
 from workbench.architectures import build_model
+from workbench.fields import Field, check_values, field_for
 from workbench.tasks.base import Task, masked_token_loss
 from workbench.training.checkpoint import (
     check_finite,
     fingerprint,
+    note_in_run_log,
     resume_run,
     save_checkpoint,
 )
@@ -55,6 +63,25 @@ class TrainConfig(StrictConfig):
     log_every: int = 10
     seed: int = 0
 
+    def __post_init__(self):
+        self.check()
+
+    def check(self) -> TrainConfig:
+        """Every field of its type and range (:mod:`workbench.fields`); ints in float fields become floats."""
+        for name, value in check_values(train_fields(), asdict(self), "train config: ").items():
+            setattr(self, name, value)
+        return self
+
+
+def train_fields() -> dict[str, Field]:
+    return {f.name: field_for(f.name, f.default) for f in fields(TrainConfig)}
+
+
+# What a resume may change (module docstring, step 4); ``steps`` is checked against the checkpoint.
+RESUMABLE = ("steps", "lr", "min_lr_ratio", "warmup_steps", "grad_clip", "eval_every", "eval_examples",
+             "checkpoint_every", "keep_checkpoints", "log_every")
+RESUME_ADVICE = (f"A resume may change only {', '.join(RESUMABLE)}. Start over with `wb train ... --fresh` "
+                 "(deletes the run folder's checkpoints), or train into another --run-dir")
 
 
 @dataclass
@@ -111,23 +138,42 @@ def _train_step(model, optimizer, task: Task, cfg: TrainConfig, step: int, run_d
     loss.backward()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
     check_finite(loss.detach(), grad_norm, step, run_dir,
-                 "Lower the learning rate or raise warm-up, then resume or start fresh.")
+                 "Resume with a lower learning rate or a longer warm-up (`wb train ... --train lr=... "
+                 "--train warmup_steps=...`: a resume accepts both), or start over with `wb train ... --fresh`.")
     optimizer.step()
     return loss.item(), int((batch.tokens != task.tokenizer.pad_id).sum())
 
 
+def _resume(run_dir: Path, config: dict, model, optimizer, cfg: TrainConfig,
+            log: Callable[[str], None] | None) -> tuple[int, dict]:
+    """Step 4: the checkpoint's step and state; accepted setting changes noted in the log and ``log``."""
+    start, state = resume_run(run_dir, config, model, optimizer, may_change=frozenset(f"train.{k}" for k in RESUMABLE),
+                              advice=RESUME_ADVICE)
+    if cfg.steps < start:
+        raise ValueError(f"run folder {run_dir} holds a checkpoint at step {start}, past steps={cfg.steps}; "
+                         f"give steps >= {start} to resume, or start over with `wb train ... --fresh`")
+    if state["changes"]:
+        note = f"resumed at step {start} with changed settings: {'; '.join(state['changes'])}"
+        note_in_run_log(run_dir, note)
+        if log is not None:
+            log(f"{note} (noted in {run_dir / 'train.log'})")
+    return start, state
+
+
 def train(model_config: dict, task: Task, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
-          stop_after: int | None = None) -> TrainResult:
+          stop_after: int | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
     """Train (or resume) a model; ``stop_after`` ends the call early at that step, as a kill would,
-    after writing a checkpoint (for tests and for splitting long jobs)."""
+    after writing a checkpoint (for tests and for splitting long jobs); ``log`` receives notes
+    (a resume that changed settings)."""
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.check()  # a dataclass can be changed after it was built
     config = run_config(model_config, task, cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model({**model_config, "seed": cfg.seed})
+    model = build_model({**model_config, "seed": cfg.seed})  # before the folder: a bad config leaves none
     model.train()
     optimizer = make_optimizer(model, cfg)
-    start, state = resume_run(run_dir, config, model, optimizer)
+    start, state = _resume(run_dir, config, model, optimizer, cfg, log)
+    run_dir.mkdir(parents=True, exist_ok=True)
     curves, tokens, elapsed = list(state["curves"]), int(state["tokens"]), float(state["elapsed_s"])
     eval_batch = task.sample("test", cfg.eval_examples, EVAL_SEED)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
@@ -156,4 +202,5 @@ def train(model_config: dict, task: Task, cfg: TrainConfig, run_dir: str | Path,
     elapsed += time.perf_counter() - t0
     metrics = evaluate_batch(model, eval_batch)
     return TrainResult(model.eval(), metrics, pd.DataFrame(curves, columns=["step", "tokens", "split", "metric", "value"]),
-                       run_dir, end, tokens, elapsed, resumed_from=start or None)
+                       run_dir, end, tokens, elapsed, resumed_from=start or None,
+                       extra={"resume_changes": state["changes"]})
