@@ -1,5 +1,5 @@
-"""The app's entry page (``streamlit run app/Home.py``): what the workbench is, what the store holds,
-and links to every page under ``app/pages/``."""
+"""The app's entry page (``streamlit run app/Home.py``): what the app does, what the store holds, and
+links to every page under ``app/pages/`` with what each does."""
 
 import re
 import sys
@@ -14,11 +14,22 @@ if str(APP_DIR) not in sys.path:
 import widgets
 
 INTRO = """
-Every architecture the workbench trains (transformer, RWKV, Mamba, xLSTM, ...) exposes the same named
-hooks, so one set of instruments applies to all of them: sparse transcoders replace the MLPs,
-attribution graphs trace a prompt's computation, and patching, ablation and steering test it. Models
-compiled from RASP programs have exactly known circuits, so every instrument is checked against ground truth.
+Every architecture the workbench trains (transformer, RWKV, Mamba, xLSTM, minGRU, LSTM) exposes the same
+named hooks, so one set of instruments applies to all of them. This app browses the model zoo and its
+training curves, the sparse features of the transcoders that replace the models' MLPs, and attribution
+graphs of a prompt's computation; it intervenes on those graphs' features, and runs and shows patching,
+ablation, causal-tracing and steering studies.
 """
+
+# What each page does, by its file's stem; a page missing here is listed with its name only.
+PAGE_NOTES = {
+    "1_Models": "the zoo table, each card's metrics and training curves, comparisons",
+    "2_Features": "a dictionary's features: density, top-activating contexts, histograms, logit effects",
+    "3_Attribution_graph": "open, build or import a graph; inspect nodes, pin and group them; intervene on "
+                           "its features (ablate, scale, set, swap) beside the graph's prediction",
+    "4_Interventions": "run a patching sweep, an ablation, causal tracing or steering on prompt pairs as a "
+                       "stored study; open any stored study",
+}
 
 
 def page_label(path: Path) -> str:
@@ -29,15 +40,15 @@ def page_label(path: Path) -> str:
 def show_counts() -> None:
     cards = widgets.load_cards()
     counts = widgets.store_counts() or {}
-    cols = st.columns(3)
+    cols = st.columns(4)
     cols[0].metric("Models", len(cards), help="model folders with a readable card.json in the zoo")
     cols[1].metric("Dictionary sets", counts.get("dictionary_set", 0),
                    help=f"replacement sets (a model's per-layer transcoders, or its CLT) in the catalog, "
                         f"besides {counts.get('dictionary', 0)} single dictionaries")
     cols[2].metric("Graphs", counts.get("graph", 0), help="registered in the catalog")
+    cols[3].metric("Studies", counts.get("study", 0), help="intervention studies in the catalog (Interventions page)")
     st.caption(f"Zoo: {widgets.md_escape(widgets.models_dir())} · catalog: "
-               f"{counts.get('model', 0)} models, {counts.get('run', 0)} runs, "
-               f"{counts.get('study', 0)} studies")
+               f"{counts.get('model', 0)} models, {counts.get('run', 0)} runs")
     if not cards:
         st.info("The model zoo is empty. Build it with `wb zoo build` (or `make demo`).")
 
@@ -46,6 +57,8 @@ def show_links() -> None:
     st.subheader("Pages")
     for path in sorted((APP_DIR / "pages").glob("*.py")):
         st.page_link(f"pages/{path.name}", label=page_label(path))
+        if path.stem in PAGE_NOTES:
+            st.caption(PAGE_NOTES[path.stem])
 
 
 def main() -> None:

@@ -153,3 +153,28 @@ def test_intervention_commands_give_one_line_errors(tmp_path):
                                "--n", "2", *common])
     assert hook.exit_code == 2 and "nearest" in hook.output and "hook_mlp_out" in hook.output
     assert not list((tmp_path / "a" / "studies").glob("*/tables/*"))  # nothing half written
+
+
+def test_a_first_run_that_fails_leaves_no_folder_and_bad_prompts_fail_before_writing(tmp_path):
+    failing = _spec(models=["transformer-recall"], steps=[{"method": "patch", "hook": "blocks.{l}.hook_nothing"}])
+    with pytest.raises(KeyError, match="nearest"):
+        run_study(_write(tmp_path, failing), Catalog(tmp_path / "a"), models_dir=ZOO)
+    assert not (tmp_path / "a" / "studies" / "s").exists()
+    typed = _spec(name="t", models=["transformer-recall"], prompts={"clean": ["a > 1 ? a"], "corrupted": ["a > 1 b ? a"],
+                                                                   "answer": ["1"], "contrast": ["2"]})
+    with pytest.raises(ValueError, match="equal lengths"):
+        run_study(_write(tmp_path, typed), Catalog(tmp_path / "a"), models_dir=ZOO)
+    assert not (tmp_path / "a" / "studies" / "t").exists()
+
+
+def test_a_study_file_pointing_outside_its_folder_is_refused(tmp_path):
+    import json
+
+    result = run_study(_write(tmp_path, _spec(models=["transformer-recall"],
+                                              steps=[{"method": "ablate", "kinds": ["mlp"]}])),
+                       Catalog(tmp_path / "a"), models_dir=ZOO)
+    meta = json.loads((result.folder / "study.json").read_text())
+    meta["units"][0]["table"] = "../../../../etc/passwd"
+    (result.folder / "study.json").write_text(json.dumps(meta))
+    with pytest.raises(PermissionError, match="outside the study folder"):
+        load_study(result.folder)

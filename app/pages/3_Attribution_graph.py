@@ -2,7 +2,8 @@
 import a circuit-tracer / Neuronpedia graph file; see it layered (positions across, layers up), click a
 node (or pick it) for its strongest inputs and outputs and, for a feature, its feature panel; pin nodes
 into a subgraph, group them into supernodes, set the node and edge thresholds, read the replacement and
-completeness scores, and download the graph JSON with the pins and supernodes.
+completeness scores, and download the graph JSON with the pins and supernodes. Intervene: ablate, scale,
+set or swap the selected features and compare the model with the graph's prediction (``graph_interventions``).
 
 Large graphs are pruned on their non-zero edges (``workbench.attribution.prune_sparse``), and what is
 still over the draw budget keeps only its most influential nodes (``graph_data.cap_to_budget``), so a
@@ -22,6 +23,7 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 import graph_data
+import graph_interventions
 import graph_sources
 import graph_view
 import widgets
@@ -280,6 +282,7 @@ def show_graph(opened: graph_sources.Opened) -> None:
     node = pick_node(view)
     node_panel(opened, view, pruned, node)
     pins, groups = pins_and_supernodes(view)
+    graph_interventions.section(opened, view, pins)  # ablate / scale / set / swap the selected features
     keep_widgets()
     state = graph_data.view_state(view, pins, groups, view.ids[node])
     download(opened, view, pruned, node_mask, edge_keep, state, node_t)

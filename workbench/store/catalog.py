@@ -92,12 +92,13 @@ def models_root(override: str | Path | None = None) -> Path:
     return REPO_ROOT / "models"
 
 
-def inside_root(root: Path, relative: str | Path) -> Path:
-    """``root / relative``, refusing any path that resolves outside ``root`` (``..``, absolute, links)."""
+def inside_root(root: Path, relative: str | Path, what: str = "the artifacts root") -> Path:
+    """``root / relative``, refusing any path that resolves outside ``root`` (``..``, absolute, links);
+    ``what`` names the root in the error (a study folder, a dictionary set...)."""
     root = Path(root).resolve()
     target = (root / relative).resolve()
     if target != root and root not in target.parents:
-        raise PermissionError(f"path {str(relative)!r} leads outside the artifacts root {root}")
+        raise PermissionError(f"path {str(relative)!r} leads outside {what} {root}")
     return target
 
 

@@ -123,6 +123,8 @@ def state_sweep(model, pairs, layers, positions, direction: str, metric_name: st
 @method("trace", "Causal tracing (ROME): noise the subject's embeddings, restore one hidden state at a time "
                  "(resid_post, mixer_out, mlp_out, recurrent state); average indirect effect per layer x position.",
         kinds=None, samples=10, noise_scale=None, subject_positions=None)
+# subject: subject_positions when given; for toyworld the template's subject slot; otherwise the positions
+# where the clean and corrupted prompts differ
 def run_trace(ctx: UnitContext) -> UnitResult:
     from workbench.interventions.causal_tracing import causal_trace, toyworld_subject_mask
 
@@ -134,8 +136,10 @@ def run_trace(ctx: UnitContext) -> UnitResult:
         kind = ctx.prompts.get("corrupt") or "two_hop"
         mask = toyworld_subject_mask(kind, int(ctx.prompts.get("template") or 0), pairs.n_pos)
         subject = mask.expand(len(pairs), -1).clone()
-    else:
-        raise ValueError(f"trace needs the subject's positions for {pairs.source!r} prompts: give subject_positions")
+    else:  # the subject is what the pair's corruption changes (recall: the query key or the value)
+        subject = pairs.clean != pairs.corrupted
+        if not bool(subject.any(1).all()):
+            raise ValueError("trace: some pairs do not differ anywhere; give subject_positions")
     result = causal_trace(model, pairs.clean, subject, pairs.answer, pairs.positions, p.get("kinds"),
                           n_samples=int(p["samples"]), noise_scale=p.get("noise_scale"), seed=ctx.seed)
     table = result.frame()

@@ -86,16 +86,8 @@ def _prepare_folder(spec: StudySpec, folder: Path, fresh: bool) -> None:
         atomic_write_json(marker, {"digest": spec.digest(), "spec": spec.canonical()})
 
 
-def run_study(spec: StudySpec | str | Path, catalog: Catalog | None = None, *, quick: bool = False,
-              fresh: bool = False, models_dir: Path | None = None,
-              log: Callable[[str], None] = lambda _: None) -> StudyResult:
-    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
-    spec = spec.quick_version() if quick else spec
-    catalog = catalog or Catalog()
-    models_dir = models_root(models_dir)
-    folder = inside_root(catalog.root, Path("studies") / spec.name)
-    model_paths = {m: resolve_model(m, models_dir) for m in spec.models}  # fail before writing anything
-    _prepare_folder(spec, folder, fresh)
+def _run_units(spec: StudySpec, folder: Path, model_paths: dict, contexts: dict, log) -> tuple[list[dict], int]:
+    """Steps 3-4: every (step, model) unit in spec order; finished ones are kept, not rerun."""
     units, resumed = [], 0
     for index, step in enumerate(spec.steps):
         for model_name, model_path in model_paths.items():
@@ -107,9 +99,7 @@ def run_study(spec: StudySpec | str | Path, catalog: Catalog | None = None, *, q
                 resumed += 1
                 log(f"{unit}: done before, kept")
                 continue
-            ctx = UnitContext(model_path, {**spec.prompts, **step.prompts}, step.params,
-                              unit_seed(spec.seed, index, model_name), log)
-            result = METHODS[step.method].run(ctx)
+            result = METHODS[step.method].run(contexts[index, model_name])
             if result.figure is not None:
                 atomic_write_text(folder / "figures" / f"{unit}.json", result.figure.to_json())
             summary = {"unit": unit, "method": step.method, "label": step.label, "model": model_path.name,
@@ -121,6 +111,31 @@ def run_study(spec: StudySpec | str | Path, catalog: Catalog | None = None, *, q
             write_table(table_path, result.table)
             units.append(summary)
             log(f"{unit}: " + ", ".join(f"{k} {v}" for k, v in result.summary.items()))
+    return units, resumed
+
+
+def run_study(spec: StudySpec | str | Path, catalog: Catalog | None = None, *, quick: bool = False,
+              fresh: bool = False, models_dir: Path | None = None,
+              log: Callable[[str], None] = lambda _: None) -> StudyResult:
+    spec = spec if isinstance(spec, StudySpec) else load_spec(spec)
+    spec = spec.quick_version() if quick else spec
+    catalog = catalog or Catalog()
+    models_dir = models_root(models_dir)
+    folder = inside_root(catalog.root, Path("studies") / spec.name)
+    model_paths = {m: resolve_model(m, models_dir) for m in spec.models}
+    contexts = {(index, name): UnitContext(path, {**spec.prompts, **step.prompts}, step.params,
+                                           unit_seed(spec.seed, index, name), log)
+                for index, step in enumerate(spec.steps) for name, path in model_paths.items()}
+    for ctx in contexts.values():
+        ctx.pairs  # noqa: B018  (bad prompts, unknown tokens, unequal lengths: fail before writing anything)
+    created = not folder.exists()
+    _prepare_folder(spec, folder, fresh)
+    try:
+        units, resumed = _run_units(spec, folder, model_paths, contexts, log)
+    except BaseException:
+        if created and not any((folder / "tables").glob("*.parquet")):
+            shutil.rmtree(folder, ignore_errors=True)  # a first run that finished nothing leaves nothing
+        raise
     meta = {"name": spec.name, "digest": spec.digest(), "spec": spec.canonical(), "source": spec.source,
             "description": spec.description, "units": units}
     atomic_write_json(folder / STUDY_FILE, meta)
@@ -162,7 +177,8 @@ def load_study(folder: str | Path) -> dict:
     """``study.json`` with each unit's table (DataFrame) and figure JSON text attached."""
     folder = Path(folder)
     meta = read_json(folder / STUDY_FILE)
-    for unit in meta["units"]:
-        unit["frame"] = pd.read_parquet(folder / unit["table"])
-        unit["figure_json"] = (folder / unit["figure"]).read_text() if unit.get("figure") else None
+    for unit in meta["units"]:  # paths come from a file: they must stay inside the study folder
+        unit["frame"] = pd.read_parquet(inside_root(folder, unit["table"], "the study folder"))
+        figure = unit.get("figure")
+        unit["figure_json"] = inside_root(folder, figure, "the study folder").read_text() if figure else None
     return meta
