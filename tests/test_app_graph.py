@@ -147,6 +147,9 @@ def test_build_from_a_prompt(tmp_path):
     assert entry["path"].parent == Catalog().root / "graphs"  # the job's automatic name, as `wb graph` gives
     assert [m.label for m in at.metric][:2] == ["Replacement", "Completeness"]
     assert drawn_points(figures(at)[0]) > 0
+    # the graph was checked against the live model when it was built, and the page says how well
+    assert any(c.value.startswith("Validation by intervention") for c in at.caption)
+    assert "validation" in entry["meta"]  # the catalog row carries the summary's numbers
     assert any("no feature data yet" in i.value for i in at.info) or not any(
         s.value == "Feature node" for s in at.subheader)
 

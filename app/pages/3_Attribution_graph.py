@@ -112,10 +112,24 @@ def show_header(opened, view, pruned, node_t: float, edge_t: float) -> None:
     st.caption(f"{graph.n_nodes:,} nodes ({graph.n_features:,} features), {len(edges_of(opened.key, graph)):,} "
                f"edges; pruned to {pruned.n_nodes:,} nodes and {pruned.n_edges:,} edges; drawn: {len(view):,} "
                f"nodes and {len(view.weight):,} edges.")
+    show_validation(graph.metadata.get("validation"))
     if graph.metadata.get("approximate"):
         st.warning("Approximate graph: " + widgets.md_escape(graph.metadata.get("approximate_reason", "")))
     for note in view.notes:
         st.warning(note)
+
+
+def show_validation(record: dict | None) -> None:
+    """The graph's validation by intervention (``workbench.interventions.validation``), when it was run."""
+    if not isinstance(record, dict):
+        return
+    if record.get("pearson") is None:
+        st.caption("Validation by intervention: " + widgets.md_escape(record.get("note", "not measured")))
+        return
+    st.caption(f"Validation by intervention: ablating the graph's {int(record.get('n_features', 0))} most influential "
+               f"features one at a time, the top-logit change it predicts correlates with the live model's at "
+               f"r = {float(record['pearson']):.2f} (rank r = {float(record.get('spearman') or 0):.2f}); the frozen "
+               f"replacement model matches the prediction to {float(record.get('frozen_max_deviation') or 0):.1e}.")
 
 
 def default_node(view) -> str:
