@@ -21,6 +21,10 @@ Algorithm:
    training mean).
 6. A variable with one value on the training rows has nothing to decode; it is reported with its
    baseline and score NaN.
+7. A categorical variable that exists only at some positions (an aggregate that selects nothing
+   elsewhere, e.g. recall's answer only at the query) gets a second probe trained and tested on those
+   positions alone: ``score_defined`` / ``baseline_defined``. A probe fitted on every position would
+   mostly learn the empty class there.
 """
 
 from __future__ import annotations
@@ -154,9 +158,13 @@ def probe_table(streams: dict[int, torch.Tensor], variables: dict[str, Variable]
                 result = ridge_probe(x[train], codes[train], x[test], codes[test], l2)
                 metric = "r2"
             else:
-                defined = np.array([v is not None for v in var.values])[test]
+                defined = np.array([v is not None for v in var.values])
                 result = logistic_probe(x[train], codes[train], x[test], codes[test], len(var.classes), steps, l2,
-                                        defined)
+                                        defined[test])
+                if not defined.all():  # step 7: a probe of its own on the positions where the variable exists
+                    tr, te = train & defined, test & defined
+                    own = logistic_probe(x[tr], codes[tr], x[te], codes[te], len(var.classes), steps, l2)
+                    result |= {"score_defined": own["score"], "baseline_defined": own["baseline"]}
                 metric = "accuracy"
             rows.append({"layer": layer, "variable": name, "metric": metric,
                          "n_classes": 0 if var.numerical else len(var.classes), **result})
