@@ -36,7 +36,8 @@ from workbench.tasks import Task, make_task
 from workbench.tasks.bigram import bigram_perplexity
 from workbench.training.evaluate import EVAL_SEED, evaluate_batch
 from workbench.training.trainer import train
-from workbench.zoo.entries import ZOO, ZooEntry, zoo_entry
+from workbench.zoo.entries import ZOO, RaspEntry, ZooEntry, zoo_entry
+from workbench.zoo.rasp_models import build_rasp_entry, rasp_problems
 from workbench.zoo.readme import write_zoo_readme
 from workbench.zoo.sweep import recall_sweep
 
@@ -127,8 +128,12 @@ def build_zoo(models_dir: Path, catalog: Catalog, names: list[str] | None = None
         if (folder / "card.json").is_file() and not force:
             log(f"{entry.name}: present, skipped (use --force to retrain)")
             continue
-        log(f"{entry.name}: training {entry.architecture} on {entry.task['name']}")
-        built.append(build_entry(entry, models_dir, catalog, progress))
+        if isinstance(entry, RaspEntry):  # compiled, not trained
+            log(f"{entry.name}: compiling a RASP program for {entry.task['name']}")
+            built.append(build_rasp_entry(entry, models_dir, catalog))
+        else:
+            log(f"{entry.name}: training {entry.architecture} on {entry.task['name']}")
+            built.append(build_entry(entry, models_dir, catalog, progress))
         write_zoo_readme(models_dir)
     write_zoo_readme(models_dir)
     return built
@@ -179,6 +184,8 @@ def verify_bundle(bundle: ModelBundle) -> VerifyRow:
     row.problems += [f"measured {key} is {row.metrics[key]}, not finite" for key in non_finite(row.metrics)]
     row.problems += compare_metrics(card, row.metrics, n)
     row.problems += target_problems(row.metrics, card.get("targets", {}))
+    if "rasp" in card:  # a compiled model must still equal its program's interpreter
+        row.problems += rasp_problems(bundle, task)
     return row
 
 

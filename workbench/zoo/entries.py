@@ -36,7 +36,7 @@ class ZooEntry:
         return self.eval_task or self.task
 
 
-ZOO: list[ZooEntry] = [
+ZOO: list[ZooEntry | RaspEntry] = [
     ZooEntry(
         name="transformer-recall",
         architecture="transformer",
@@ -165,11 +165,46 @@ ZOO += [
 ]
 
 
+@dataclass(frozen=True)
+class RaspEntry:
+    """A compiled RASP program in its task's format: built by compiling, not training
+    (:mod:`workbench.zoo.rasp_models`); exact, so its target is every answer right."""
+
+    name: str
+    task: dict
+    program: str | None = None  # a library program serving the task; None: the task's default one
+    targets: dict = field(default_factory=lambda: {"accuracy": 1.0})
+    eval_examples: int = 2000
+    notes: str = ""
+    architecture: str = "transformer"
+
+    @property
+    def measured_task(self) -> dict:
+        return self.task
+
+
+RASP_ZOO = [
+    RaspEntry("rasp-recall", {"name": "recall"}, notes="find the earlier position of the query key, then read "
+              "the token two places after it: two attention layers; causal"),
+    RaspEntry("rasp-reverse", {"name": "reverse"}, notes="tracr's reverse on the whole row: length, then "
+              "each answer position reads length - i - 1; bidirectional (length looks ahead)"),
+    RaspEntry("rasp-histogram", {"name": "histogram"}, notes="tracr's histogram shifted by the prompt length "
+              "so each count lands on its answer position; bidirectional"),
+    # sort with repeated numbers compiles to 4.4M parameters (its tie-breaking keys take 256 values, one
+    # residual dimension each); distinct numbers need no tie-break: 188k
+    RaspEntry("rasp-sort", {"name": "sort", "distinct": True}, notes="tracr's sort_unique: each number's "
+              "target is the count of smaller keys; the positions after the prompt sort first; bidirectional"),
+    RaspEntry("rasp-adder", {"name": "addition"}, notes="3-digit adder: pair sums, then each column's carry "
+              "from the nearest column to its right whose pair sum is not 9; bidirectional"),
+]
+ZOO += RASP_ZOO
+
+
 def zoo_names() -> list[str]:
     return [e.name for e in ZOO]
 
 
-def zoo_entry(name: str) -> ZooEntry:
+def zoo_entry(name: str) -> ZooEntry | RaspEntry:
     for entry in ZOO:
         if entry.name == name:
             return entry
