@@ -200,3 +200,97 @@ def test_bad_input_is_a_clear_error():
     with pytest.raises(ValueError, match="unknown patching direction 'nosie'; choose one of: denoise, noise"):
         patch(model, pairs, "blocks.0.hook_resid_pre", direction="nosie")
     assert check_positions(-1, 10) == [9]
+
+
+ANSWER_PATH_MODELS = [(arch, {}) for arch in sorted(TINY_CONFIGS)] + [
+    ("transformer", {"positional_embedding_type": "rotary"}),  # as the zoo's: cached keys come rotated
+    ("transformer", {"n_layers": 3, "positional_embedding_type": "rotary"}),  # a middle layer too
+]
+
+
+@pytest.mark.parametrize(("arch", "extra"), ANSWER_PATH_MODELS,
+                         ids=[arch + "".join(f"-{k}={v}" for k, v in extra.items()) for arch, extra in ANSWER_PATH_MODELS])
+@pytest.mark.parametrize("answer", [T - 1, 6])
+def test_answer_path_equals_the_plain_path_in_float64(arch, extra, answer):
+    from workbench.interventions.patch_engine import PatchEngine
+
+    model = build_model(model_config(arch, VOCAB, 16, seed=3, **(TINY_CONFIGS[arch] | extra))).eval().double()
+    pairs = random_pairs()
+    layers = model.cfg.n_layers
+    runs = [(Site(f"blocks.{layer}.hook_resid_pre", pos),) for layer in range(layers) for pos in range(T)]
+    runs += [(Site(f"blocks.{layer}.hook_resid_pre"),) for layer in range(layers)]
+    runs += [(Site("blocks.0.hook_resid_pre", 3), Site(f"blocks.{layers - 1}.hook_resid_pre", 5),)]
+    runs += [(Site(resolve_hook(model, f"blocks.{layer}.hook_{kind}"), pos),)
+             for layer in range(layers) for kind in ("mixer_out", "mlp_out") for pos in (None, 4)]
+    if arch in STATE_HOOKS:
+        runs += [(Site(STATE_HOOKS[arch], 3),)]
+    hooks = list(dict.fromkeys(site.hook for run in runs for site in run))
+    positions = torch.full((3,), answer)
+    fast = PatchEngine(model, pairs.corrupted, pairs.clean, positions, hooks)
+    plain = PatchEngine(model, pairs.corrupted, pairs.clean, positions, hooks, answer_path=False)
+    taken = [chunk[2] for chunk in fast.chunks(runs, 256, None)]
+    assert plain.answer is None and not any(chunk[2] for chunk in plain.chunks(runs, 256, None))
+    if arch == "rwkv":  # its channel-mix reads the previous position: no answer path
+        assert fast.answer is None and not any(taken)
+    else:
+        assert fast.answer == answer and sum(taken) >= 2  # the fast path really runs
+    for chunk_rows, band in ((256, None), (7, 3)):
+        ours, reference = fast.run(runs, chunk_rows, band), plain.run(runs, chunk_rows, band)
+        torch.testing.assert_close(ours, reference, atol=1e-10, rtol=0)
+    assert (reference - plain.base_logits).abs().amax((1, 2)).gt(1e-6).sum() > len(runs) // 3  # real effects
+    # sites after the answer cannot change it: those runs keep the base logits, unrun
+    late = [i for i, run in enumerate(runs) if run[0].position is not None and run[0].position > answer]
+    assert len(late) == layers * (T - 1 - answer) + (answer < 5)
+    assert torch.equal(ours[late], fast.base_logits.expand(len(late), -1, -1))
+
+
+def test_answer_path_rounds_as_transformer_lens_on_the_zoo_transformer():
+    """float32, 64 tokens, one prompt: where transformer_lens's own rounding error (~2e-5 against
+    float64) exceeds 1e-5, our sweep still equals its values, because every operation is its."""
+    import transformer_lens.patching as tl_patching
+
+    from workbench.store.model_files import load_model_folder
+    from workbench.tasks import make_task
+
+    folder = REPO / "models" / "transformer-recall"
+    if not folder.is_dir():
+        pytest.skip("the zoo Transformer is not built")
+    bundle = load_model_folder(folder)
+    pairs = task_pairs(make_task(**bundle.card["task"]), 2, seed=5, corrupt="key")
+    ours = sweep_layer_position(bundle.model, pairs).mean()
+
+    def metric(logits):
+        return logit_diff(logits_at(logits, pairs.positions), pairs.answer, pairs.contrast).mean()
+
+    with torch.no_grad():
+        _, cache = bundle.model.run_with_cache(pairs.clean, names_filter=lambda name: name.endswith("resid_pre"))
+        theirs = tl_patching.get_act_patch_resid_pre(bundle.model, pairs.corrupted, cache, metric)
+    assert theirs.abs().max() > 1
+    torch.testing.assert_close(ours, theirs, atol=1e-6, rtol=0)
+
+
+def test_auto_band_balances_chunk_cost_against_wasted_rows():
+    from workbench.interventions.patch_engine import CHUNK_COST_ROWS, auto_band
+
+    assert auto_band(list(range(64)), 1) == round((2 * CHUNK_COST_ROWS) ** 0.5)
+    assert auto_band(list(range(64)), 8) == round((2 * CHUNK_COST_ROWS / 8) ** 0.5)
+    assert auto_band([p for p in range(10) for _ in range(4)], 1) == round((2 * CHUNK_COST_ROWS / 4) ** 0.5)
+    assert auto_band([0], 10_000) == 1
+
+
+def test_patching_an_attention_pattern_equals_patching_it_by_hand():
+    """A hook whose dim 1 is not the position (heads) keeps the plain path and its own shape."""
+    model, pairs = tiny("transformer"), random_pairs()
+    hook = "blocks.0.attn.hook_pattern"
+    _, _, _, logits = patch_runs(model, pairs, [(Site(hook, index=2, dim=3, what="key position"),), (Site(hook),)])
+    _, cache = model.run_with_cache(pairs.clean, names_filter=[hook])
+    for run, key in ((0, 2), (1, slice(None))):
+        def put(act, hook, key=key):
+            act = act.clone()
+            act[..., key] = cache[hook.name][..., key]
+            return act
+
+        with torch.no_grad():
+            by_hand = logits_at(model.run_with_hooks(pairs.corrupted, fwd_hooks=[(hook, put)]), pairs.positions)
+        torch.testing.assert_close(logits[run], by_hand, atol=1e-5, rtol=0)
+        assert (logits[run] - answer_logits(model, pairs.corrupted, pairs.positions)).abs().max() > 1e-4

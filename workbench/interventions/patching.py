@@ -9,8 +9,9 @@ in; ``noise`` runs the clean prompts with corrupted values patched in. Algorithm
    the nearest ones) and check every position, head and channel against the hook's value shape on
    these prompts (errors name the dimension, the value and the valid range).
 2. Run the batched engine (:mod:`~workbench.interventions.patch_engine`): all runs stacked along the
-   batch, chunked, the layers and positions before each patch reused from the base pass, answer logits
-   ``[runs, N, V]``.
+   batch, chunked, the layers and positions before each patch reused from the base pass, the last
+   layer computed at the answer position alone where it can be (:mod:`.patch_answer`), answer
+   logits ``[runs, N, V]``.
 3. Score each run with a metric (``logit_diff``, ``answer_prob``, ``kl``; :mod:`.metrics`) per prompt,
    beside the unpatched clean and corrupted values of the same metric, so that
    :meth:`PatchResult.normalised` gives 0 = corrupted run, 1 = clean run.
