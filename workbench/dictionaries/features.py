@@ -22,7 +22,6 @@ feature), ``contexts.parquet``, ``histograms.parquet``, then ``summary.json``.
 
 from __future__ import annotations
 
-import io
 import re
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import torch
 
 from workbench.dictionaries.activations import real_token_rows
 from workbench.dictionaries.models import Dictionary
-from workbench.store.atomic import atomic_write_bytes, atomic_write_json
+from workbench.store.atomic import atomic_write_json, atomic_write_parquet
 
 FEATURES_DIR = "features"
 
@@ -227,9 +226,7 @@ def write_feature_data(folder: str | Path, frames: dict[str, pd.DataFrame], summ
     """Each parquet file atomically, then ``summary.json`` (its presence marks a finished write)."""
     out = Path(folder) / FEATURES_DIR
     for name, frame in frames.items():
-        buffer = io.BytesIO()
-        frame.to_parquet(buffer, index=False)
-        atomic_write_bytes(out / f"{name}.parquet", buffer.getvalue())
+        atomic_write_parquet(out / f"{name}.parquet", frame)
     atomic_write_json(out / "summary.json", summary)
     return out
 

@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import hashlib
-import io
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,8 +27,8 @@ from pathlib import Path
 import pandas as pd
 
 from workbench.store.atomic import (
-    atomic_write_bytes,
     atomic_write_json,
+    atomic_write_parquet,
     atomic_write_text,
     publish_dir,
     read_json,
@@ -67,12 +66,6 @@ def resolve_model(name: str, models_dir: Path) -> Path:
                             f"zoo models: {', '.join(zoo) or 'none'}")
 
 
-def write_table(path: Path, table: pd.DataFrame) -> None:
-    buffer = io.BytesIO()
-    table.to_parquet(buffer, index=False)
-    atomic_write_bytes(path, buffer.getvalue())
-
-
 def _prepare_folder(spec: StudySpec, folder: Path, fresh: bool) -> None:
     if fresh and folder.exists():
         shutil.rmtree(folder)
@@ -108,7 +101,7 @@ def _run_units(spec: StudySpec, folder: Path, model_paths: dict, contexts: dict,
                        "figure": f"figures/{unit}.json" if result.figure is not None else None,
                        "summary": result.summary}
             atomic_write_json(summary_path, summary)
-            write_table(table_path, result.table)
+            atomic_write_parquet(table_path, result.table)
             units.append(summary)
             log(f"{unit}: " + ", ".join(f"{k} {v}" for k, v in result.summary.items()))
     return units, resumed
