@@ -1,5 +1,6 @@
 """The Attribution graph page's "Intervene" section: change the open graph's features in the model and
-compare what happens with what the graph predicts (``workbench.interventions.features``).
+compare what happens with what the graph predicts (``workbench.interventions.features``). The section
+stays closed until its toggle is turned on, and then runs these steps:
 
 1. Find what the graph was traced with: its metadata names the model (``model``, the card's name) and
    the dictionary set folder (``dictionaries``). The set is read only inside the artifacts root or the
@@ -271,6 +272,11 @@ def section(opened, view, pins: list[str]) -> None:
     graph = opened.graph
     if graph is None:
         st.caption("An imported file without workbench fields: there is no model to intervene on.")
+        return
+    # Off until asked for: every click on the figure reruns the page, and a closed section loads no model
+    # or dictionaries and draws no widgets. Pins made meanwhile still come preselected when it opens.
+    if not st.toggle("Intervene on this graph's features", key="graph_iv_open",
+                     help="Ablate, scale, set or swap features and compare the model with the graph's prediction"):
         return
     located = locate(graph)
     if located is None:

@@ -216,6 +216,7 @@ def test_frozen_ablation_matches_the_graph_prediction(tiny_graph):
 
     bundle, folder, summary = tiny_graph
     at = run_page(GRAPH_PAGE)
+    at.toggle(key="graph_iv_open").set_value(True).run()  # the section is closed until asked for
     options = at.multiselect(key="graph_iv_features").options
     assert options, "the drawn graph's feature nodes are offered"
     at.multiselect(key="graph_iv_features").set_value([options[0]]).run()
@@ -246,6 +247,7 @@ def test_swapping_a_feature_for_itself_changes_nothing(tiny_graph):
     position and activation: every pass and the graph's prediction show no change (while ablating it
     alone does change the logits)."""
     at = run_page(GRAPH_PAGE)
+    at.toggle(key="graph_iv_open").set_value(True).run()  # the section is closed until asked for
     picker = at.multiselect(key="graph_iv_features")
     picker.set_value([picker.options[-1]]).run()
     [node_id] = at.multiselect(key="graph_iv_features").value

@@ -50,12 +50,13 @@ def build_and_click(page, tmp_path) -> None:
     feature.scroll_into_view_if_needed()
     box = feature.bounding_box()
     page.mouse.click(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    page.get_by_text("Feature node").wait_for(timeout=30000)
-    page.get_by_text("Strongest inputs").wait_for(timeout=30000)
-    page.get_by_text(re.compile(r"^Feature \d+ · layer \d+$")).wait_for(timeout=30000)  # the feature panel
-    page.get_by_text("Top-activating contexts").wait_for(timeout=30000)
+    # the feature panel is the node panel's last part: once drawn, the rerun has replaced what is above it
+    page.get_by_text(re.compile(r"^Feature \d+ · layer \d+$")).wait_for(timeout=30000)
+    page.get_by_text("Feature node", exact=True).wait_for(timeout=30000)  # exact: not "feature nodes" elsewhere
+    page.get_by_text("Strongest inputs", exact=True).wait_for(timeout=30000)
+    page.get_by_text("Top-activating contexts", exact=True).wait_for(timeout=30000)
     page.screenshot(path=str(tmp_path / "graph.png"), full_page=True)
-    page.get_by_text("Feature node").scroll_into_view_if_needed()  # streamlit scrolls inside the page
+    page.get_by_text("Feature node", exact=True).scroll_into_view_if_needed()  # streamlit scrolls inside the page
     page.screenshot(path=str(tmp_path / "graph-node.png"))
 
 
