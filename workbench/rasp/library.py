@@ -105,7 +105,11 @@ def make_shuffle_dyck(pairs: Sequence[tuple[str, str]]) -> rasp.SOp:
     if not pairs:
         raise ValueError("shuffle_dyck needs at least one (open, close) pair")
     balances = [make_pair_balance(rasp.tokens, o, c, f"_{j}") for j, (o, c) in enumerate(pairs)]
-    negative = rasp.Map(lambda b: b < 0, balances[0]).named("negative_0")
+    # with one pair type "negative" is left unnamed, so the Map of it merges into one lookup table (a
+    # named inner Map stays a variable of the circuit and costs a layer: tracr merges it regardless)
+    negative = rasp.Map(lambda b: b < 0, balances[0])
+    if len(balances) > 1:
+        negative = negative.named("negative_0")
     zero = rasp.Map(lambda b: b == 0, balances[0]).named("zero_0")
     for j, bal in enumerate(balances[1:], start=1):
         below, level = rasp.Map(lambda b: b < 0, bal), rasp.Map(lambda b: b == 0, bal)

@@ -46,6 +46,8 @@ class MLP:
     w_out: dict[tuple[int, tuple], float] = field(default_factory=dict)
 
     def unit(self, inputs: dict[tuple, float], bias: float, outputs: dict[tuple, float], gate: float) -> None:
+        if not any(outputs.values()):
+            return  # a hidden unit that writes nothing (an input value mapped to 0) only costs width
         h = len(self.b_in)
         self.b_in.append(bias)
         for key, w in {**inputs, BOS: -gate}.items():
