@@ -24,6 +24,8 @@ def wait_idle(page, timeout_ms: int = 60000) -> None:
 def choose(page, label: str, option: str) -> None:
     """Pick ``option`` in the selectbox (or multiselect) labelled ``label``."""
     page.get_by_label(label, exact=True).click()
+    # the dropdown draws only the options in view (the zoo has more models than fit): type to filter
+    page.keyboard.type(option)
     page.get_by_role("option", name=option, exact=True).click()
 
 
