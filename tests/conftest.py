@@ -118,3 +118,17 @@ def feature_set():
     """``(name, kind="transcoder", edit=None) -> folder``: a catalogued set with feature data in this
     test's artifacts root (request it after anything that sets WB_ARTIFACTS)."""
     return write_feature_set
+
+
+@pytest.fixture
+def recall_zoo(tmp_path, monkeypatch):
+    """A zoo (WB_MODELS) holding only a copy of the committed transformer-recall: weights, card and
+    tokenizer, without its dictionaries."""
+    import shutil
+    from pathlib import Path
+
+    models = tmp_path / "models"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "models" / "transformer-recall",
+                    models / "transformer-recall", ignore=shutil.ignore_patterns("dictionaries"))
+    monkeypatch.setenv("WB_MODELS", str(models))
+    return models

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,14 +22,6 @@ GRAPH_PAGE = str(APP / "pages" / "3_Attribution_graph.py")
 TIMEOUT = 120
 
 
-@pytest.fixture
-def recall_zoo(tmp_path, monkeypatch) -> Path:
-    """A zoo holding only a copy of the committed transformer-recall (its weights, card and tokenizer)."""
-    models = tmp_path / "models"
-    shutil.copytree(ROOT / "models" / "transformer-recall", models / "transformer-recall",
-                    ignore=shutil.ignore_patterns("dictionaries"))
-    monkeypatch.setenv("WB_MODELS", str(models))
-    return models
 
 
 def run_page(script: str = PAGE) -> AppTest:

@@ -4,7 +4,6 @@ decoded from the residual stream beside the interpreter's values; bad inputs are
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,7 @@ LAYERS, RESIDUAL, OUTPUTS, TRACE, COMPARE_PROBES = range(5)
 
 
 @pytest.fixture
-def page(tmp_path, monkeypatch) -> AppTest:
-    models = tmp_path / "models"
-    shutil.copytree(ROOT / "models" / "transformer-recall", models / "transformer-recall",
-                    ignore=shutil.ignore_patterns("dictionaries"))
-    monkeypatch.setenv("WB_MODELS", str(models))
+def page(recall_zoo, tmp_path, monkeypatch) -> AppTest:
     monkeypatch.setenv("WB_ARTIFACTS", str(tmp_path / "artifacts"))
     at = AppTest.from_file(PAGE, default_timeout=TIMEOUT).run()
     assert not at.exception, [e.value for e in at.exception]

@@ -115,9 +115,8 @@ def test_head_and_channel_sweeps_equal_single_patches():
     torch.testing.assert_close(channels.values[0, 7], one.values, atol=1e-5, rtol=0)
 
 
-def test_resid_patching_matches_transformer_lens_on_the_zoo_transformer():
-    import transformer_lens.patching as tl_patching
-
+def _zoo_transformer_pairs(n: int, seed: int):
+    """The committed zoo Transformer, ``n`` recall pairs (key corrupted) and their mean logit difference."""
     from workbench.store.model_files import load_model_folder
     from workbench.tasks import make_task
 
@@ -125,11 +124,19 @@ def test_resid_patching_matches_transformer_lens_on_the_zoo_transformer():
     if not folder.is_dir():
         pytest.skip("the zoo Transformer is not built")
     bundle = load_model_folder(folder)
-    pairs = task_pairs(make_task(**bundle.card["task"]), 4, seed=2, corrupt="key")
-    ours = sweep_layer_position(bundle.model, pairs).mean()
+    pairs = task_pairs(make_task(**bundle.card["task"]), n, seed=seed, corrupt="key")
 
     def metric(logits):
         return logit_diff(logits_at(logits, pairs.positions), pairs.answer, pairs.contrast).mean()
+
+    return bundle, pairs, metric
+
+
+def test_resid_patching_matches_transformer_lens_on_the_zoo_transformer():
+    import transformer_lens.patching as tl_patching
+
+    bundle, pairs, metric = _zoo_transformer_pairs(4, 2)
+    ours = sweep_layer_position(bundle.model, pairs).mean()
 
     _, cache = bundle.model.run_with_cache(pairs.clean)
     theirs = tl_patching.get_act_patch_resid_pre(bundle.model, pairs.corrupted, cache, metric)
@@ -249,18 +256,8 @@ def test_answer_path_rounds_as_transformer_lens_on_the_zoo_transformer():
     float64) exceeds 1e-5, our sweep still equals its values, because every operation is its."""
     import transformer_lens.patching as tl_patching
 
-    from workbench.store.model_files import load_model_folder
-    from workbench.tasks import make_task
-
-    folder = REPO / "models" / "transformer-recall"
-    if not folder.is_dir():
-        pytest.skip("the zoo Transformer is not built")
-    bundle = load_model_folder(folder)
-    pairs = task_pairs(make_task(**bundle.card["task"]), 2, seed=5, corrupt="key")
+    bundle, pairs, metric = _zoo_transformer_pairs(2, 5)
     ours = sweep_layer_position(bundle.model, pairs).mean()
-
-    def metric(logits):
-        return logit_diff(logits_at(logits, pairs.positions), pairs.answer, pairs.contrast).mean()
 
     with torch.no_grad():
         _, cache = bundle.model.run_with_cache(pairs.clean, names_filter=lambda name: name.endswith("resid_pre"))
