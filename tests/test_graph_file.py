@@ -241,3 +241,18 @@ def test_workbench_files_must_keep_their_node_fields():
     doc["metadata"]["wb"]["dtypes"]["values"] = "load"
     with pytest.raises(GraphFileError, match=r"metadata\.wb\.dtypes\.values: 'load' is not one of"):
         GraphFile.from_dict(doc)
+
+
+def test_a_saved_graph_with_out_of_range_sparse_indices_is_a_clear_error(tmp_path):
+    """A damaged sparse adjacency must be refused by name, never reach a sparse kernel (a crash)."""
+    from graph_fixtures import synthetic_graph
+
+    from workbench.attribution.graph import TENSORS_FILE, Graph
+    from workbench.store.atomic import CorruptArtifactError, load_safetensors, save_safetensors
+
+    folder = synthetic_graph(n_nodes=300, n_pos=5, n_layers=2).save(tmp_path / "g")
+    tensors = load_safetensors(folder / TENSORS_FILE)
+    tensors["adjacency_indices"][0, 0] = 10_000
+    save_safetensors(tensors, folder / TENSORS_FILE)
+    with pytest.raises(CorruptArtifactError, match="does not fit 300 nodes"):
+        Graph.load(folder)

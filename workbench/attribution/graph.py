@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from workbench.store.atomic import (
+    CorruptArtifactError,
     atomic_write_json,
     load_safetensors,
     publish_dir,
@@ -190,7 +191,12 @@ class Graph:
         n = sum(int(t[k].shape[0]) for k in ("active_features", "logit_tokens")) + \
             int(t["input_tokens"].shape[0]) * (meta["n_layers"] + 1)
         if meta.get("adjacency_format") == "sparse":
-            adjacency = torch.sparse_coo_tensor(t["adjacency_indices"], t["adjacency_values"], (n, n)).coalesce()
+            try:  # checked: indices from a file must not reach out of range (a damaged file, not a crash)
+                adjacency = torch.sparse_coo_tensor(t["adjacency_indices"], t["adjacency_values"], (n, n),
+                                                    check_invariants=True).coalesce()
+            except RuntimeError as err:
+                raise CorruptArtifactError(f"graph folder {folder}: its sparse adjacency does not fit {n} nodes "
+                                           f"({err}); the file is damaged") from None
         else:
             adjacency = t["adjacency"]
         graph = cls(prompt=meta["prompt"], input_tokens=t["input_tokens"], token_strings=meta["token_strings"],
