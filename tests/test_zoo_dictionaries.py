@@ -51,6 +51,14 @@ def test_build_publishes_the_set_and_writes_the_card_entry(zoo):
     assert meta["spliced"]["split"] == "train" and meta["spliced_test"]["split"] == "test"
     assert meta["metrics"]["layer0"]["split"] == "train"
     assert (published / "features" / "summary.json").is_file() and not (published / "runs").exists()
+    # published weights are float16 (a small zoo), checksummed, and the set's numbers are theirs
+    from workbench.dictionaries.dictionary_set import load_dictionary_set
+    from workbench.store.atomic import load_safetensors
+
+    stored = load_safetensors(published / "layer0" / "dictionary.safetensors")
+    assert {v.dtype for v in stored.values() if v.is_floating_point()} == {torch.float16}
+    members, _ = load_dictionary_set(published)  # checksums verified on load
+    assert members["layer0"].W_enc.dtype == torch.float32  # computation stays float32
     assert [d["name"] for d in catalog.list("dictionary") if d["name"].startswith("tiny-recall/")] == \
         ["tiny-recall/transcoders"]
     # a second build leaves the published set alone

@@ -9,8 +9,8 @@ For each model and recipe (``RECIPES``):
 
 1. Train the set with the dictionaries job into a scratch folder under the artifacts root (activation
    store and checkpoints live there, so an interrupted build resumes).
-2. Publish only the trained dictionaries and ``set.json`` into the model folder, atomically; write
-   their feature data.
+2. Publish only the trained dictionaries (weights in float16: :func:`store_half`) and ``set.json``
+   into the model folder, atomically; re-measure them as published; write their feature data.
 3. Trace attribution graphs on ``N_GRAPH_PROMPTS`` test prompts (each a test row cut before its last
    target token) and record the replacement and completeness scores of the full and the pruned
    graphs (mean and min), and the graphs' validation by intervention (the correlation between the
@@ -35,9 +35,18 @@ from workbench.attribution.attribute import AttributionConfig, attribute
 from workbench.attribution.prune import graph_scores, prune_graph
 from workbench.dictionaries.dictionary_set import SET_FILE, load_dictionary_set, save_dictionary_set
 from workbench.dictionaries.jobs import bundle_task, evaluate_set, train_set, write_features
+from workbench.dictionaries.models import CONFIG_FILE, WEIGHTS_FILE
 from workbench.interventions.validation import validate_graph
-from workbench.store.atomic import atomic_write_json, publish_dir, read_json, staging_dir
+from workbench.store.atomic import (
+    atomic_write_json,
+    load_safetensors,
+    publish_dir,
+    read_json,
+    save_safetensors,
+    staging_dir,
+)
 from workbench.store.catalog import Catalog
+from workbench.store.integrity import write_checksums
 from workbench.store.model_files import ModelBundle, load_model_folder, write_card
 from workbench.zoo.build import task_from_spec
 
@@ -45,17 +54,32 @@ COMMON = {"activation": "topk", "k": 16, "n_features": 512, "steps": 1500, "batc
           "n_sequences": 2048}
 RECIPES = {"transcoders": {"kind": "transcoder", **COMMON}, "clt": {"kind": "clt", **COMMON}}
 N_GRAPH_PROMPTS = 20
+COMMITTED_DTYPE = torch.float16
 VALIDATION_TOP_K = 10
 NODE_THRESHOLD, EDGE_THRESHOLD = 0.8, 0.98
 
 
+def store_half(member: Path) -> None:
+    """A committed dictionary's weights as float16 (DESIGN: the zoo stays small; nothing here needs more
+    precision, and loading upcasts into the float32 dictionary, so computation is unchanged), with its
+    checksums rewritten. The set is re-measured after this (step 2), so its numbers are the published
+    weights'."""
+    path = member / WEIGHTS_FILE
+    weights = load_safetensors(path)
+    half = {k: v.to(COMMITTED_DTYPE) if v.is_floating_point() else v for k, v in weights.items()}
+    save_safetensors(half, path, {"kind": read_json(member / CONFIG_FILE)["kind"]})
+    write_checksums(member)
+
+
 def _publish(scratch: Path, final: Path) -> None:
-    """Step 2: copy the set's dictionaries (not its checkpoints) and set.json into ``final``."""
+    """Step 2: copy the set's dictionaries (not its checkpoints, weights in float16) and set.json into
+    ``final``."""
     meta = read_json(scratch / SET_FILE)
     stage = staging_dir(final)
     members = {}
     for member, rel in meta["members"].items():
         shutil.copytree(scratch / rel, stage / member)
+        store_half(stage / member)
         members[member] = member
     save_dictionary_set(stage, members, {k: v for k, v in meta.items() if k not in ("members", "model")})
     publish_dir(stage, final)
@@ -157,6 +181,7 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
         train_set(bundle, r["kind"], r["activation"], r["k"], r["n_features"], None, r["steps"], r["batch_size"],
                   r["lr"], scratch, "store", r["n_sequences"], catalog, progress=progress)
         _publish(scratch, final)
+        remeasure(bundle, final)  # the published float16 weights, not the trainer's float32 ones
         write_features(bundle, final, catalog)
         log(f"{bundle.name}/{name}: scoring graphs on {N_GRAPH_PROMPTS} test prompts")
         graphs = score_graphs(bundle, final)
