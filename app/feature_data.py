@@ -62,6 +62,22 @@ def safe_folder(path: str | Path) -> Path:
                           "the app reads dictionaries only from those")
 
 
+def display_path(path: str | Path) -> str:
+    """``path`` as a page shows it, never a full path from another machine: a relative path as written;
+    one inside the zoo or the artifacts root relative to it, under the root's folder name
+    (``models/transformer-recall``); any other absolute path (feature data written elsewhere) from its
+    last ``models`` or ``artifacts`` folder on, else by its last part alone."""
+    path = Path(path)
+    if not path.is_absolute():
+        return str(path)
+    for root in (models_root().resolve(), artifacts_root()):
+        if path.resolve() == root or root in path.resolve().parents:
+            return str(Path(root.name) / path.resolve().relative_to(root))
+    parts = path.parts
+    tail = [i for i, part in enumerate(parts) if part in ("models", "artifacts") and i < len(parts) - 1]
+    return str(Path(*parts[tail[-1]:])) if tail else path.name
+
+
 def signature(folder: Path) -> tuple:
     """(name, mtime, size) of each feature file: a rewritten file invalidates any cache keyed on it."""
     out = []
@@ -185,5 +201,5 @@ def context_window(row: pd.Series) -> tuple[list[str], list[float], int | None]:
 
 
 __all__ = ["COLUMNS", "SEARCH_MODES", "WINDOW_COLUMNS", "FeatureData", "MissingFeatureData", "context_window",
-           "feature_rows", "layer_frame", "layers", "load_feature_data", "member_for", "parse_indices", "read_roots",
+           "display_path", "feature_rows", "layer_frame", "layers", "load_feature_data", "member_for", "parse_indices", "read_roots",
            "safe_folder", "search", "signature"]

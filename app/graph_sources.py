@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import feature_data
+import labels
 import streamlit as st
 import widgets
 
@@ -100,7 +101,7 @@ def open_saved() -> Opened | None:
     def label(i: int) -> str:
         meta = entries[i].get("meta") or {}
         size = f" · {int(meta['n_nodes']):,} nodes" if widgets.number(meta.get("n_nodes")) is not None else ""
-        return f"{entries[i]['name']}{size}"
+        return f"{labels.clip_words(entries[i]['name'])}{size}"  # the browser would cut it mid-word
 
     index = st.selectbox("Graph", range(len(entries)), format_func=label, key="graph_pick")
     return open_entry(entries[index])

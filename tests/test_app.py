@@ -217,12 +217,12 @@ def test_features_page_lists_searches_and_opens_features(feature_set, feature_fr
     assert "token" in at.dataframe[1].value.columns and len(at.dataframe[1].value) == 5  # logits raised
     assert (at.dataframe[2].value["effect"] <= at.dataframe[1].value["effect"].min()).all()  # logits lowered
 
-    at.selectbox(key="features_layer").select_index(1).run()
+    at.selectbox(key="features_layer@tiny-transcoder-L0-1").select_index(1).run()
     at.radio(key="features_sort").set_value("max activation").run()
     assert not at.exception
     listed = at.dataframe[0].value
     assert list(listed["max activation"]) == sorted(listed["max activation"], reverse=True)
-    at.selectbox(key="features_feature").set_value(7).run()
+    at.selectbox(key="features_feature@tiny-transcoder-L0-1").set_value(7).run()
     assert at.subheader[0].value == "Feature 7 · layer 1"
 
     at.radio(key="features_search_by").set_value("feature index").run()
@@ -261,7 +261,7 @@ def test_feature_labels_and_tokens_are_text_not_html(feature_set):
     assert not at.exception
     listed = at.dataframe[0].value
     assert list(listed["feature"]) == [0] and SCRIPT in listed["raises logits of"].iloc[0]
-    at.selectbox(key="features_feature").set_value(0).run()
+    at.selectbox(key=f"features_feature@evil{SCRIPT}").set_value(0).run()
     for body in bodies(at):
         assert "<script>" not in body
     assert any("&lt;script&gt;alert(1)&lt;/script&gt;" in body for body in html_bodies(at))
@@ -276,7 +276,7 @@ def test_dead_feature_and_damaged_files(feature_set, feature_frames):
 
     folder = feature_set("tiny", edit=kill)
     at = run(FEATURES)
-    at.selectbox(key="features_feature").set_value(dead).run()
+    at.selectbox(key="features_feature@tiny").set_value(dead).run()
     assert any("never fired" in i.value for i in at.info) and not at.get("plotly_chart")
     (folder / "features" / "histograms.parquet").write_bytes(b"not parquet")
     at = run(FEATURES)

@@ -19,18 +19,21 @@ CURVE_METRICS = ("loss", "accuracy", "perplexity", "answer_loss")
 KNOWN_METRICS = ["test_accuracy", "test_loss", "test_perplexity", "test_answer_loss", "bigram_perplexity",
                  "test_examples"]
 CARD_FIELDS = ["parameters", "training_tokens", "training_time_s", "seed"]
-ZOO_COLUMN_CONFIG = {
-    "parameters": st.column_config.NumberColumn(format="localized"),
-    "test accuracy": st.column_config.NumberColumn(format="percent"),
-    "test perplexity": st.column_config.NumberColumn(format="%.3f"),
-    "bigram perplexity": st.column_config.NumberColumn(format="%.3f"),
-    "training tokens": st.column_config.NumberColumn(format="localized"),
-    "training time s": st.column_config.NumberColumn(format="%.0f"),
-    "transcoder FVU (worst layer)": st.column_config.NumberColumn(format="%.4f"),
-    "replacement agreement": st.column_config.NumberColumn(format="percent"),
-    "graph replacement score": st.column_config.NumberColumn(format="%.3f"),
-    "graph completeness score": st.column_config.NumberColumn(format="%.3f"),
-    "graph validation r": st.column_config.NumberColumn(format="%.2f"),
+# Display formats through a pandas Styler: st.dataframe draws a missing value as "None", the Styler's
+# na_rep draws it as "-" (sorting still uses the numbers).
+ZOO_FORMATS = {
+    "parameters": "{:,.0f}", "test accuracy": "{:.2%}", "test perplexity": "{:.3f}", "bigram perplexity": "{:.3f}",
+    "training tokens": "{:,.0f}", "training time s": "{:.0f}", "transcoder FVU (worst layer)": "{:.4f}",
+    "replacement agreement": "{:.2%}", "graph replacement score": "{:.3f}", "graph completeness score": "{:.3f}",
+    "graph validation r": "{:.2f}",
+}
+MISSING = "-"
+# What each training curve measures (the trainer's evaluate_batch): the title and y axis name it.
+CURVE_MEANINGS = {
+    "loss": "mean loss per target token",
+    "accuracy": "exact match: share of rows with every answer right",
+    "perplexity": "exp(mean loss per target token)",
+    "answer_loss": "mean loss per answer token",
 }
 DICT_COLUMNS = {"fvu": "FVU per layer", "l0": "L0 per layer", "dead_fraction": "dead per layer",
                 "agreement": "agreement (held-out)", "agreement_test": "agreement (test split)",
@@ -97,7 +100,7 @@ def show_dictionaries(card: dict) -> None:
             value = flat.get(key)
             row[label] = ", ".join(f"{v:.4g}" for v in value) if isinstance(value, list) else widgets.number(value)
         rows.append(row)
-    st.dataframe(pd.DataFrame(rows), hide_index=True)
+    st.dataframe(pd.DataFrame(rows).style.format(precision=4, na_rep=MISSING), hide_index=True)
     st.caption("FVU, L0 and dead fraction per layer on held-out activations of the training distribution, the "
                "<bos> position left out; agreement: share of the positions that predict a target token where the "
                "model with every MLP replaced predicts the same next token as the original, on held-out rows of "
@@ -144,12 +147,29 @@ def show_curves(card: dict) -> None:
     if not figures:
         st.info("curves.parquet holds none of: " + ", ".join(CURVE_METRICS))
         return
+    trained = str((card.get("task") or {}).get("name", "?"))
+    st.caption(curves_caption(card))
     bigram = widgets.number(card.get("metrics", {}).get("bigram_perplexity"))
     cols = st.columns(2)
     for i, (metric, fig) in enumerate(figures):
+        meaning = CURVE_MEANINGS.get(metric, metric)
+        fig.update_layout(title=widgets.plot_text(f"{metric} on {trained}"),
+                          yaxis_title=widgets.plot_text(meaning))
         if metric == "perplexity" and bigram is not None:
             fig.add_hline(y=bigram, line_dash="dash", annotation_text="bigram baseline")
         cols[i % 2].plotly_chart(fig, key=f"curve_{metric}")
+
+
+def curves_caption(card: dict) -> str:
+    """Which task the curves measure, and how that differs from the card's test accuracy."""
+    trained = str((card.get("task") or {}).get("name", "?"))
+    tested = str((card.get("eval_task") or {}).get("name", trained))
+    text = (f"Curves are measured on the training task {trained} (loss on its training batches, the rest on its "
+            f"test split); accuracy counts a row right only when every answer in it is right.")
+    if tested != trained:
+        text += (f" The card's test accuracy above is measured on {tested}, so the two differ: a row of "
+                 f"{trained} holds several answers to get right at once.")
+    return widgets.md_escape(text)
 
 
 def unique_labels(cards: list[dict]) -> list[str]:
@@ -203,7 +223,7 @@ def main() -> None:
         st.info(f"No models in {widgets.md_escape(widgets.models_dir())}. "
                 "Build the zoo with `wb zoo build` (or `make demo`).")
         return
-    st.dataframe(widgets.zoo_dataframe(cards), column_config=ZOO_COLUMN_CONFIG, hide_index=True)
+    st.dataframe(widgets.zoo_dataframe(cards).style.format(ZOO_FORMATS, na_rep=MISSING), hide_index=True)
     st.header("Model card")
     card = widgets.model_picker(cards, key="models_card")
     show_card(card)

@@ -41,16 +41,23 @@ def show_summary(entry: dict, data: feature_data.FeatureData) -> None:
                ("dead_features", "never fire")]]
     parts += [f"{value:,.0f} {label}" for value, label in counts if value is not None]
     if summary.get("model"):
-        parts.append(f"model {summary['model']}")
+        parts.append(f"model {feature_data.display_path(summary['model'])}")
     st.caption(widgets.md_escape(" · ".join(parts)))
 
 
-def pick_layer(data: feature_data.FeatureData) -> tuple[str, int]:
+def set_key(key: str, entry: dict) -> str:
+    """``key`` of a widget whose options come from the chosen set, made unique to that set: streamlit
+    keeps a keyed widget's identity when its options change, and the browser then went on showing the
+    previous set's labels, so each set gets widgets of its own (fresh labels and choice)."""
+    return f"{key}@{entry['name']}"
+
+
+def pick_layer(data: feature_data.FeatureData, entry: dict) -> tuple[str, int]:
     pairs = feature_data.layers(data)
     if len(pairs) == 1:
         return pairs[0]
     index = st.selectbox("Layer", range(len(pairs)), format_func=lambda i: layer_label(*pairs[i]),
-                         key="features_layer")
+                         key=set_key("features_layer", entry))
     return pairs[index]
 
 
@@ -84,24 +91,25 @@ def feature_table(found: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
-def pick_feature(found: pd.DataFrame) -> int:
+def pick_feature(found: pd.DataFrame, entry: dict) -> int:
     """A row clicked in the list opens that feature; the selectbox offers the same choice by keyboard."""
     listed = found.head(LIST_LIMIT)
+    box, last_click = set_key("features_feature", entry), set_key("features_clicked", entry)
     event = st.dataframe(feature_table(listed), hide_index=True, column_config=LIST_CONFIG,
-                         on_select="rerun", selection_mode="single-row", key="features_list")
+                         on_select="rerun", selection_mode="single-row", key=set_key("features_list", entry))
     if len(found) > LIST_LIMIT:
         st.caption(f"Listing the first {LIST_LIMIT:,} of {len(found):,}; search to narrow them.")
     options = listed["feature"].astype(int).tolist()
     rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
     clicked = options[rows[0]] if rows and rows[0] < len(options) else None
     # a new click moves the selectbox; an old selection must not pin it on every rerun
-    if clicked is not None and clicked != st.session_state.get("features_clicked"):
-        st.session_state["features_feature"] = clicked
-    st.session_state["features_clicked"] = clicked
-    if st.session_state.get("features_feature") not in options:
-        st.session_state["features_feature"] = options[0]
+    if clicked is not None and clicked != st.session_state.get(last_click):
+        st.session_state[box] = clicked
+    st.session_state[last_click] = clicked
+    if st.session_state.get(box) not in options:
+        st.session_state[box] = options[0]
     by_feature = listed.set_index("feature")
-    return st.selectbox("Feature", options, key="features_feature", format_func=lambda f: (
+    return st.selectbox("Feature", options, key=box, format_func=lambda f: (
         f"#{f} · density {100 * float(by_feature.at[f, 'density']):.3g}% · "
         f"max {float(by_feature.at[f, 'max_activation']):.4g}"))
 
@@ -121,7 +129,7 @@ def main() -> None:
     if data is None:
         return
     show_summary(entry, data)
-    member, layer = pick_layer(data)
+    member, layer = pick_layer(data, entry)
     found = search_features(feature_data.layer_frame(data.features, member, layer),
                             feature_data.layer_frame(data.contexts, member, layer))
     if found is None:
@@ -129,7 +137,7 @@ def main() -> None:
     if found.empty:
         st.info("No feature of this layer matches the search.")
         return
-    feature = pick_feature(found)
+    feature = pick_feature(found, entry)
     widgets.feature_panel(entry, layer, feature, member=member, key="features_panel")
 
 
