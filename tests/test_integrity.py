@@ -284,3 +284,30 @@ def test_graph_figure_labels_are_plain_text(monkeypatch):
         tokens=[EVIL], n_rows=3)
     spec = graph_view.graph_figure(view, selected=1, pinned=[0]).to_json()
     assert "<a" not in spec and spec.count("&lt;a href") == 3  # the tick and both hover labels
+
+
+def test_demo_verification_re_measures_only_models_whose_files_changed(zoo, monkeypatch):
+    from workbench.store.catalog import Catalog
+    from workbench.zoo.verify_cache import verify_zoo_cached
+
+    for name in ("a", "b"):
+        save_tiny_set(save_tiny_model(zoo, name))
+    catalog = Catalog(zoo.parent / "artifacts")
+    measured: list[str] = []
+    real = build.verify_model
+
+    def counting(folder, catalog=None):
+        measured.append(folder.name)
+        return real(folder, catalog)
+
+    monkeypatch.setattr(build, "verify_model", counting)
+    first = verify_zoo_cached(zoo, catalog, progress=False)
+    assert measured == ["a", "b"] and all(r.ok for r in first)
+    second = verify_zoo_cached(zoo, catalog, progress=False)
+    assert measured == ["a", "b"]  # nothing changed: nothing re-measured
+    assert [r.name for r in second] == [r.name for r in first] and all("unchanged" in r.detail for r in second)
+    flip_byte(zoo / "b" / "model.safetensors")
+    third = {r.name: r for r in verify_zoo_cached(zoo, catalog, progress=False)}
+    assert measured == ["a", "b", "b"] and third["a"].ok and not third["b"].ok
+    verify_zoo_cached(zoo, catalog, progress=False)
+    assert measured == ["a", "b", "b", "b"]  # a failing model is re-measured every time

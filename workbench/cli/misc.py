@@ -97,17 +97,21 @@ def app_cmd(
 @app.command()
 @friendly_errors
 def demo(host: str = "127.0.0.1", port: int = 8501, artifacts: ArtifactsOpt = None, models: ModelsOpt = None):
-    """The main job: build the zoo's missing models, verify every model, then open the app."""
+    """The main job: build the zoo's missing models, verify every model whose files changed since it last
+    passed, then open the app."""
     from workbench.store import Catalog, models_root
     from workbench.studies.runner import register_published_studies
-    from workbench.zoo import build_zoo, verify_zoo
+    from workbench.zoo import build_zoo
     from workbench.zoo.dictionaries import demo_graph, register_zoo_dictionaries
+    from workbench.zoo.verify_cache import verify_zoo_cached
 
     catalog, models_dir = Catalog(artifacts), models_root(models)
     build_zoo(models_dir, catalog, log=typer.echo)
-    rows = verify_zoo(models_dir, catalog)
+    rows = verify_zoo_cached(models_dir, catalog)  # re-measures only models whose files changed
     for row in rows:
-        typer.echo(f"{'ok  ' if row.ok else 'FAIL'} {row.name}: {'; '.join(row.problems) or 'matches its card'}")
+        said = "; ".join(row.problems) or "matches its card" + (" (unchanged since it last passed)"
+                                                                 if "unchanged" in row.detail else "")
+        typer.echo(f"{'ok  ' if row.ok else 'FAIL'} {row.name}: {said}")
     typer.echo(f"{len(register_zoo_dictionaries(models_dir, catalog))} zoo dictionary sets catalogued")
     studies = register_published_studies(Path(__file__).resolve().parents[2] / "studies", catalog)
     typer.echo(f"{len(studies)} published studies catalogued")
