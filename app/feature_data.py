@@ -70,9 +70,10 @@ def display_path(path: str | Path) -> str:
     path = Path(path)
     if not path.is_absolute():
         return str(path)
+    resolved = path.resolve()
     for root in (models_root().resolve(), artifacts_root()):
-        if path.resolve() == root or root in path.resolve().parents:
-            return str(Path(root.name) / path.resolve().relative_to(root))
+        if resolved == root or root in resolved.parents:
+            return str(Path(root.name) / resolved.relative_to(root))
     parts = path.parts
     tail = [i for i, part in enumerate(parts) if part in ("models", "artifacts") and i < len(parts) - 1]
     return str(Path(*parts[tail[-1]:])) if tail else path.name

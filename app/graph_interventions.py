@@ -122,14 +122,21 @@ def model_lock() -> threading.Lock:
     return threading.Lock()
 
 
+@st.cache_resource(show_spinner=False, max_entries=2)
+def _donor_splice(key: str, tokens: tuple[int, ...], _bundle, _dictionaries):
+    """The donor prompt's clean pass with the set spliced in: one pass per donor, whose activations both
+    list the features to add and give their values (``swap_edits``)."""
+    from workbench.interventions.features import FeatureSplice
+
+    with model_lock():
+        return FeatureSplice(_bundle.model, _dictionaries, torch.tensor([tokens]))
+
+
 @st.cache_data(show_spinner=False, max_entries=8)
 def _donor_features(key: str, tokens: tuple[int, ...], position: int, _bundle, _dictionaries) -> list[tuple]:
     """``(layer, position, index, activation)`` of the features active on the donor at ``position``,
     strongest first."""
-    from workbench.interventions.features import FeatureSplice
-
-    with model_lock():
-        splice = FeatureSplice(_bundle.model, _dictionaries, torch.tensor([tokens]))
+    splice = _donor_splice(key, tokens, _bundle, _dictionaries)
     found = []
     for layer in splice.read_layers:
         acts = splice.activations(layer)[0, position]
@@ -140,7 +147,7 @@ def _donor_features(key: str, tokens: tuple[int, ...], position: int, _bundle, _
 def _swap_rows(located, graph, chosen: list[tuple]) -> list[tuple] | None:
     """Step 2, swap: the donor prompt and features to add; edit rows, or None (a message says why)."""
     from workbench.attribution.jobs import encode_prompt
-    from workbench.interventions.features import FeatureSplice, swap_edits
+    from workbench.interventions.features import swap_edits
 
     bundle, dictionaries, model_folder, set_folder = located
     donor_text = st.text_input("Donor prompt", value=graph.prompt, key="graph_iv_donor")
@@ -154,15 +161,13 @@ def _swap_rows(located, graph, chosen: list[tuple]) -> list[tuple] | None:
     d_pos = int(cols[0].number_input("Donor position", 0, n_donor - 1, n_donor - 1, key="graph_iv_donor_pos"))
     at_pos = int(cols[1].number_input("Set at position", 0, n_pos - 1, min(d_pos, n_pos - 1), key="graph_iv_at_pos"))
     strength = float(cols[2].number_input("Strength", value=1.0, key="graph_iv_strength"))
-    active = _donor_features(f"{model_folder}|{set_folder}", tuple(donor[0].tolist()), d_pos, bundle, dictionaries)
+    key, tokens = f"{model_folder}|{set_folder}", tuple(donor[0].tolist())
+    active = _donor_features(key, tokens, d_pos, bundle, dictionaries)
     labels = {f"L{l} F{i} @{p}": (l, p, i) for l, p, i, _ in active}
     acts = {f"L{l} F{i} @{p}": a for l, p, i, a in active}
     add = st.multiselect("Features to add (active on the donor there, strongest first)", list(labels),
                          key="graph_iv_add", format_func=lambda k: f"{k}  ({acts[k]:.3g})")
-    donor_splice = None
-    if add:  # only added features read the donor's activations
-        with model_lock():
-            donor_splice = FeatureSplice(bundle.model, dictionaries, donor)
+    donor_splice = _donor_splice(key, tokens, bundle, dictionaries) if add else None  # only added features read it
     edits = swap_edits([(l, p, i) for l, p, i in chosen], [labels[k] for k in add], donor_splice, strength, at_pos)
     return [(e.layer, e.index, e.op, e.value, e.positions) for e in edits]
 

@@ -4,7 +4,7 @@ A study folder (``workbench.studies.runner``) holds ``study.json`` (spec, units 
 ``tables/<unit>.parquet`` and ``figures/<unit>.json`` (plotly JSON). Everything in it is a file, so:
 
 1. the folder is read only inside the artifacts root or the zoo (:func:`feature_data.safe_folder`), and
-   every unit's table and figure path only inside the folder;
+   every unit's table and figure path only inside the folder (``runner.load_study`` refuses the rest);
 2. every string of a figure is made plain text (:func:`safe_figure`): plotly renders a subset of HTML in
    labels, and a tag written into a file (``<a href>``) must not become a live link. The runner already
    escapes its labels, so ``&lt;`` stays ``&lt;``; only the formatting tags plotly's own templates use
@@ -18,14 +18,11 @@ from __future__ import annotations
 import html
 import json
 import re
-from pathlib import Path
 
 import feature_data
 import plotly.graph_objects as go
 import streamlit as st
 import widgets
-
-from workbench.store.catalog import inside_root
 
 _ALLOWED_TAG = re.compile(r"&lt;(/?(?:br|b|i|sub|sup|extra)\s*/?)&gt;")
 
@@ -33,7 +30,7 @@ _ALLOWED_TAG = re.compile(r"&lt;(/?(?:br|b|i|sub|sup|extra)\s*/?)&gt;")
 def _plain(value):
     """Step 2 on a figure's JSON tree: every string unescaped once, escaped again, formatting tags kept."""
     if isinstance(value, str):
-        return _ALLOWED_TAG.sub(r"<\1>", html.escape(html.unescape(value), quote=False))
+        return _ALLOWED_TAG.sub(r"<\1>", widgets.plot_text(html.unescape(value)))
     if isinstance(value, list):
         return [_plain(v) for v in value]
     if isinstance(value, dict):
@@ -46,24 +43,10 @@ def safe_figure(text: str) -> go.Figure:
     return go.Figure(_plain(json.loads(text)))
 
 
-def _checked_units(folder: Path, meta: dict) -> list[dict]:
-    """Step 1: the units of ``study.json`` whose table and figure paths stay inside the study folder."""
-    units = meta.get("units")
-    if not isinstance(units, list) or not all(isinstance(u, dict) and isinstance(u.get("table"), str) for u in units):
-        raise ValueError("study.json has no list of units with tables")
-    for unit in units:
-        for key in ("table", "figure"):
-            if unit.get(key) is not None:
-                inside_root(folder, str(unit[key]))  # PermissionError names the path
-    return units
-
-
 @st.cache_data(show_spinner=False, max_entries=8)
 def _read_study(folder: str, stamp: tuple) -> dict:
-    from workbench.store.atomic import read_json
-    from workbench.studies.runner import STUDY_FILE, load_study
+    from workbench.studies.runner import load_study
 
-    _checked_units(Path(folder), read_json(Path(folder) / STUDY_FILE))
     return load_study(folder)
 
 

@@ -36,7 +36,7 @@ from workbench.interventions.attribution_patching import (
 from workbench.interventions.pairs import recall_pairs
 from workbench.interventions.path_patching import receivers, senders
 from workbench.store.model_files import load_model_folder
-from workbench.tasks import make_task
+from workbench.zoo.build import task_from_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -63,8 +63,7 @@ def main() -> None:
 
     bundle = load_model_folder(args.model)
     model = bundle.model.float().eval()
-    spec = dict(bundle.card.get("eval_task") or bundle.card["task"])
-    task = make_task(spec.pop("name"), **spec)
+    task = task_from_spec(bundle.card.get("eval_task") or bundle.card["task"])
     pairs = recall_pairs(task, args.pairs, seed=args.seed, corrupt="key")
     sender_list, receiver_list = senders(model, pairs.clean), receivers(model)
     graph = (model, pairs, sender_list, receiver_list)

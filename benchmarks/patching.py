@@ -61,6 +61,7 @@ more; this was not measured.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -71,6 +72,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from workbench.architectures import build_model
+from workbench.architectures.hooked import hook_name
 from workbench.interventions.metrics import logit_diff, logits_at
 from workbench.interventions.pairs import PromptPairs, recall_pairs
 from workbench.interventions.patching import sweep_layer_position
@@ -81,6 +83,7 @@ from workbench.tasks import make_task
 BUFFERS = ("mask", "IGNORE", "rotary_sin", "rotary_cos")  # derived from n_ctx, rebuilt at the new length
 
 
+@functools.cache  # one load per (model, length): main() revisits each for every prompt count
 def load(name: str, n_ctx: int):
     """The zoo model ``name``, rebuilt with ``n_ctx`` positions where its own is shorter."""
     bundle = load_model_folder(REPO / "models" / name)
@@ -128,7 +131,7 @@ def tl_baseline(model, pairs: PromptPairs) -> torch.Tensor:
 @torch.no_grad()
 def loop_baseline(model, pairs: PromptPairs) -> torch.Tensor:
     """One ``run_with_hooks`` per (layer, position), as TransformerLens does it."""
-    names = [f"blocks.{layer}.hook_resid_pre" for layer in range(model.cfg.n_layers)]
+    names = [hook_name("resid_pre", layer) for layer in range(model.cfg.n_layers)]
     _, cache = model.run_with_cache(pairs.clean, names_filter=names)
     out = torch.empty(len(names), pairs.n_pos)
     for layer, name in enumerate(names):

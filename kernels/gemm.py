@@ -102,6 +102,14 @@ def tile_dot(a, b, UPCAST: tl.constexpr):
 
 
 @triton.jit
+def load_tile(ptr, rows, cols, n_rows, n_cols, s_row, s_col):
+    """One global-memory read of the ``rows x cols`` tile of a strided 2-D tensor ``[n_rows, n_cols]``;
+    the mask keeps ragged edges in bounds (out-of-range elements read as 0)."""
+    return tl.load(ptr + rows[:, None] * s_row + cols[None, :] * s_col,
+                   mask=(rows[:, None] < n_rows) & (cols[None, :] < n_cols), other=0.0)
+
+
+@triton.jit
 def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, UPCAST: tl.constexpr):
     rm = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -109,11 +117,9 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, s_am, s_ak, s_bk, s_bn, s_cm, s
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         rk = k0 + tl.arange(0, BLOCK_K)
-        # The two tile loads are this step's global reads; masks keep ragged edges in bounds.
-        a = tl.load(a_ptr + rm[:, None] * s_am + rk[None, :] * s_ak,
-                    mask=(rm[:, None] < M) & (rk[None, :] < K), other=0.0)
-        b = tl.load(b_ptr + rk[:, None] * s_bk + rn[None, :] * s_bn,
-                    mask=(rk[:, None] < K) & (rn[None, :] < N), other=0.0)
+        # The two tile loads are this step's global reads.
+        a = load_tile(a_ptr, rm, rk, M, K, s_am, s_ak)
+        b = load_tile(b_ptr, rk, rn, K, N, s_bk, s_bn)
         acc += tile_dot(a, b, UPCAST)
     tl.store(c_ptr + rm[:, None] * s_cm + rn[None, :] * s_cn, acc.to(c_ptr.dtype.element_ty),
              mask=(rm[:, None] < M) & (rn[None, :] < N))

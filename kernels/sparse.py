@@ -43,7 +43,7 @@ import torch.nn.functional as F_nn
 import triton
 import triton.language as tl
 
-from .gemm import interpreted, tile_dot
+from .gemm import interpreted, load_tile, tile_dot
 
 BLOCK_N, BLOCK_F, BLOCK_D = 16, 32, 32  # tl.dot needs tiles of at least 16
 
@@ -99,16 +99,6 @@ def _select_torch(x, W_enc, b_enc, k, threshold, relu):
 class _TorchOps:
     select, decode = staticmethod(_select_torch), staticmethod(_decode_torch)
     value_grad, weight_grad = staticmethod(_value_grad_torch), staticmethod(_weight_grad_torch)
-
-
-class _TritonOps:
-    @staticmethod
-    def select(x, W_enc, b_enc, k, threshold, relu):
-        return _encode_launch(x, W_enc, b_enc, k, threshold, relu)
-
-    decode = staticmethod(lambda indices, values, W: _decode_launch(indices, values, W))
-    value_grad = staticmethod(lambda indices, grad_y, W: _value_grad_launch(indices, grad_y, W))
-    weight_grad = staticmethod(lambda indices, values, grad_y, n: _weight_grad_launch(indices, values, grad_y, n))
 
 
 class _SparseEncode(torch.autograd.Function):
@@ -183,10 +173,8 @@ def _encode_kernel(x_ptr, w_ptr, b_ptr, th_ptr, idx_ptr, val_ptr, N, D, F, s_xn,
         pre = tl.zeros((BLOCK_N, BLOCK_F), tl.float32)
         for d0 in range(0, D, BLOCK_D):  # one GEMM tile, as in gemm.py
             rd = d0 + tl.arange(0, BLOCK_D)
-            xt = tl.load(x_ptr + rn[:, None] * s_xn + rd[None, :] * s_xd,
-                         mask=(rn[:, None] < N) & (rd[None, :] < D), other=0.0)
-            wt = tl.load(w_ptr + rd[:, None] * s_wd + rf[None, :] * s_wf,
-                         mask=(rd[:, None] < D) & (rf[None, :] < F), other=0.0)
+            xt = load_tile(x_ptr, rn, rd, N, D, s_xn, s_xd)
+            wt = load_tile(w_ptr, rd, rf, D, F, s_wd, s_wf)
             pre += tile_dot(xt, wt, UPCAST)
         pre += tl.load(b_ptr + rf, mask=rf < F, other=0.0).to(tl.float32)[None, :]
         key = tl.where(rf[None, :] < F, pre, float("-inf"))  # ragged edge: never selected
@@ -304,3 +292,8 @@ def _weight_grad_launch(indices, values, grad_y, n_rows: int):
     _weight_grad_kernel[grid](indices.contiguous(), values.contiguous(), grad_y.contiguous(), gw, N, D,
                               K=K, BLOCK_N=BLOCK_N, BLOCK_D=BLOCK_D)
     return gw
+
+
+class _TritonOps:  # the same primitives as _TorchOps, as kernel launches
+    select, decode = staticmethod(_encode_launch), staticmethod(_decode_launch)
+    value_grad, weight_grad = staticmethod(_value_grad_launch), staticmethod(_weight_grad_launch)

@@ -21,7 +21,6 @@ path and one store:
 import hashlib
 import json
 import re
-import shutil
 import sys
 from pathlib import Path
 
@@ -167,14 +166,10 @@ def run(data: dict, model_folder: Path) -> str | None:
     except RUN_ERRORS as err:
         st.error(widgets.md_escape(err.args[0] if isinstance(err, KeyError) and err.args else err))
         return None
-    folder = catalog.root / "studies" / spec.name
-    existed = folder.exists()
-    try:
+    try:  # a failed first run leaves no folder behind (run_study removes it)
         with st.spinner(f"Running {spec.steps[0].method} on {n_pairs} prompt pairs…"):
             result = run_study(spec, catalog, models_dir=widgets.models_dir())
     except RUN_ERRORS as err:
-        if not existed:  # a failed first run leaves no folder behind
-            shutil.rmtree(folder, ignore_errors=True)
         st.error(f"{widgets.md_escape(spec.steps[0].method)} failed: {widgets.md_escape(err)}")
         return None
     if result.resumed:

@@ -30,7 +30,7 @@ from workbench.cli.rasp import (
     parse_input,
     parse_params,
     residual_rows,
-    trace_table,
+    run_input,
 )
 from workbench.rasp.library import PROGRAMS
 
@@ -78,11 +78,10 @@ def show_run(lib, compiled) -> None:
                          rasp_view.example_input(lib), key=f"rasp_input_{lib.name}")
     try:
         xs = parse_input(text)
-        table = trace_table(compiled, xs)
+        want, got, table = run_input(lib, compiled, xs)
     except ERRORS as err:
         st.error(f"{widgets.md_escape(err.args[0] if isinstance(err, KeyError) and err.args else err)}")
         return
-    want, got = lib.evaluate(xs), compiled.apply([compiled.compiler_bos, *xs]).outputs
     st.dataframe({"": ["input", "interpreter", "compiled"],
                   "values": [format_values(xs), format_values(want), format_values(got)]},
                  key="rasp_outputs", hide_index=True)

@@ -171,7 +171,8 @@ def build_graph(bundle: ModelBundle, dict_folder: str | Path, prompt: str | list
                 catalog: Catalog | None = None, name: str | None = None, force: bool = False,
                 progress: bool = True, validate: bool = True) -> dict:
     """Steps 1-4; returns the summary with ``folder`` and ``name`` added. With ``validate`` the graph's
-    metadata and summary carry its validation by intervention (:func:`validation_of`)."""
+    metadata and summary carry its validation by intervention
+    (:func:`workbench.interventions.validation.validate_graph`)."""
     tokens = encode_prompt(bundle, prompt)
     dictionaries, set_meta = load_replacement_set(bundle, dict_folder)
     text = prompt if isinstance(prompt, str) else bundle.tokenizer.decode(tokens[0])
@@ -185,7 +186,10 @@ def build_graph(bundle: ModelBundle, dict_folder: str | Path, prompt: str | list
                           token_label=lambda i: bundle.tokenizer.vocab[i], config=config, progress=progress,
                           metadata={"model": bundle.name, "dictionaries": str(dict_folder),
                                     "dictionary_set": {k: set_meta.get(k) for k in ("kind", "activation") if k in set_meta}})
-        graph.metadata["validation"] = validation_of(bundle.model, dictionaries, graph) if validate else None
+        if validate:  # imported here: the interventions build on attribution, not the other way round
+            from workbench.interventions.validation import validate_graph
+
+            graph.metadata["validation"] = validate_graph(bundle.model, dictionaries, graph)
         pruned = prune_graph(graph, node_threshold, edge_threshold)
         summary = summarize(graph, pruned, node_threshold, edge_threshold)
         _publish_graph(graph, pruned, summary, folder, name)
@@ -193,17 +197,6 @@ def build_graph(bundle: ModelBundle, dict_folder: str | Path, prompt: str | list
                          | {"model": bundle.name, "dictionaries": str(dict_folder),
                             "config": asdict(config or AttributionConfig())})
     return summary | {"folder": str(folder), "name": name}
-
-
-def validation_of(model, dictionaries, graph: Graph) -> dict:
-    """The graph checked against the live model (:mod:`workbench.interventions.validation`): per top
-    feature, the top logit's change the graph predicts for its ablation against the live change."""
-    from workbench.interventions.validation import validate_graph
-
-    visited = graph.metadata.get("n_visited_features", graph.n_features)
-    if visited < graph.metadata.get("n_active_features", visited):
-        return {"note": "not validated: the graph visited only part of the active features (max_feature_nodes)"}
-    return validate_graph(model, dictionaries, graph)
 
 
 def write_neuronpedia_json(graph: Graph, pruned: Pruned, path: Path, slug: str, node_threshold: float) -> None:

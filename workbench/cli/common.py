@@ -12,6 +12,8 @@ from typing import Annotated
 
 import typer
 
+from workbench.fields import parse_assignments  # noqa: F401 (re-exported: the commands parse key=value with it)
+
 app = typer.Typer(help="Mechanistic-interpretability workbench: every architecture, the same instruments.",
                   no_args_is_help=True, add_completion=False)
 zoo_app = typer.Typer(help="Build, verify and list the trained model zoo (models/).", no_args_is_help=True)
@@ -39,15 +41,6 @@ def friendly_errors(fn):
             typer.secho(f"error: {msg}", fg="red", err=True)
             raise typer.Exit(2) from None
     return wrapper
-
-
-def parse_assignments(items: list[str] | None, what: str, fields: dict | None = None, kind: str = "field") -> dict:
-    """``["d_model=128", "act_fn=relu"]`` -> ``{"d_model": 128, "act_fn": "relu"}``: each value typed and
-    range-checked by its field in ``fields`` (:func:`workbench.fields.parse_assignments`); without
-    ``fields``, values are read as JSON when they parse."""
-    from workbench.fields import parse_assignments as parse_typed
-
-    return parse_typed(items, what, fields, kind)
 
 
 ModelArg = Annotated[Path, typer.Option("--model", help="A model folder (e.g. models/transformer-toyworld).")]

@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -41,8 +40,9 @@ def archs():
 
 def launch_app(host: str, port: int, artifacts: str | None, models: str | None) -> None:
     from workbench.store import artifacts_root, models_root
+    from workbench.store.catalog import REPO_ROOT
 
-    home = Path(__file__).resolve().parents[2] / "app" / "Home.py"
+    home = REPO_ROOT / "app" / "Home.py"
     if not home.is_file():
         raise FileNotFoundError(f"the app is missing: expected {home}")
     env = {**os.environ, "WB_ARTIFACTS": str(artifacts_root(artifacts)), "WB_MODELS": str(models_root(models))}
@@ -100,6 +100,7 @@ def demo(host: str = "127.0.0.1", port: int = 8501, artifacts: ArtifactsOpt = No
     """The main job: build the zoo's missing models, verify every model whose files changed since it last
     passed, then open the app."""
     from workbench.store import Catalog, models_root
+    from workbench.store.catalog import REPO_ROOT
     from workbench.studies.runner import register_published_studies
     from workbench.zoo import build_zoo
     from workbench.zoo.dictionaries import demo_graph, register_zoo_dictionaries
@@ -113,7 +114,7 @@ def demo(host: str = "127.0.0.1", port: int = 8501, artifacts: ArtifactsOpt = No
                                                                  if "unchanged" in row.detail else "")
         typer.echo(f"{'ok  ' if row.ok else 'FAIL'} {row.name}: {said}")
     typer.echo(f"{len(register_zoo_dictionaries(models_dir, catalog))} zoo dictionary sets catalogued")
-    studies = register_published_studies(Path(__file__).resolve().parents[2] / "studies", catalog)
+    studies = register_published_studies(REPO_ROOT / "studies", catalog)
     typer.echo(f"{len(studies)} published studies catalogued")
     graph = demo_graph(models_dir, catalog)
     if graph:

@@ -8,7 +8,8 @@ The tables these commands print are plain functions here, which the app's RASP p
    looks forward is one line naming the program and the selector.
 3. :func:`layer_rows` (which heads and MLPs compute which variable, per layer), :func:`residual_rows`
    (the residual stream's named blocks) and :func:`trace_table` (each variable decoded from the residual
-   stream after each sublayer, beside the interpreter's values).
+   stream after each sublayer, beside the interpreter's values); :func:`run_input` runs an input once for
+   the outputs and that table.
 """
 
 from __future__ import annotations
@@ -132,22 +133,29 @@ def trace_sites(compiled) -> list[tuple[str, str]]:
     return sites
 
 
-def trace_table(compiled, xs: list):
+def trace_table(compiled, xs: list, run):
     """Step 3: variables x sites, each cell the variable's decoded values at every input position
-    ("" before the variable is written), and the interpreter's values beside them."""
+    ("" before the variable is written), and the interpreter's values beside them. ``run``: the
+    compiled model's ``apply`` on ``xs`` (its activation cache is what is decoded)."""
     import pandas as pd
 
-    from workbench.rasp import rasp
+    from workbench.rasp.interpreter import evaluate_each
 
-    run = compiled.apply([compiled.compiler_bos, *xs])  # checks tokens and length first
     rows = {}
     for column, hook in trace_sites(compiled):
         decoded = compiled.decode(hook, run.cache[hook][0])
         for name in compiled.graph.order:
             rows.setdefault(name, {})[column] = format_values(decoded[name][1:]) if name in decoded else ""
+    interpreted = evaluate_each(compiled.program, list(xs))
     for name in compiled.graph.order:
-        rows[name]["interpreter"] = format_values(rasp.evaluate(compiled.graph.sop(name), list(xs)))
+        rows[name]["interpreter"] = format_values(interpreted[name])
     return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def run_input(lib, compiled, xs: list):
+    """``(interpreter outputs, compiled outputs, trace_table)`` of ``xs``, from one forward pass."""
+    run = compiled.apply([compiled.compiler_bos, *xs])  # checks tokens and length first
+    return lib.evaluate(xs), run.outputs, trace_table(compiled, xs, run)
 
 
 def describe(compiled, seconds: float) -> list[str]:
@@ -218,12 +226,10 @@ def rasp_run(program: str, input: Annotated[str, typer.Argument(help="Tokens, sp
     lib = load_program(program, parse_params(program, param), max_len)
     compiled, _ = compile_program(lib, max_len, causal)
     xs = parse_input(input)
-    compiled.tokenize([compiled.compiler_bos, *xs])  # unknown token or too long: one line
-    want, got = lib.evaluate(xs), compiled.apply([compiled.compiler_bos, *xs]).outputs
+    want, got, table = run_input(lib, compiled, xs)  # unknown token or too long: one line
     typer.echo(f"input       {format_values(xs)}")
     typer.echo(f"interpreter {format_values(want)}")
     typer.echo(f"compiled    {format_values(got)}   {'(equal)' if want == got else '(DIFFERENT)'}")
-    table = trace_table(compiled, xs)
     typer.echo("each variable decoded from the residual stream (- is None; blank: not yet written):")
     typer.echo(table.to_string())
 

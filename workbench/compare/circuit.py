@@ -209,11 +209,11 @@ def circuit_recovery(compiled, program, inputs: list[list], threshold: float = 0
     """Steps 1-5 on a compiled model: rows (all edges; between variables) with FVU, counts, scores."""
     from workbench.compare.variables import program_graph
 
+    if not inputs:
+        raise ValueError("circuit recovery needs at least one input")
     model = compiled.model
     model.set_use_hook_mlp_in(True)  # the replacement reads hook_mlp_in; transformer_lens skips it unless asked
-    tokens = torch.cat([_token_ids(compiled, xs) for xs in inputs]) if inputs else None
-    if tokens is None:
-        raise ValueError("circuit recovery needs at least one input")
+    tokens = torch.cat([compiled.tokenize([compiled.compiler_bos, *xs]) for xs in inputs])
     transcoders = exact_transcoders(model)
     errors = transcoder_fvu(model, transcoders, tokens)
     known = {e.label for e in program_graph(program)}
@@ -235,7 +235,3 @@ def circuit_recovery(compiled, program, inputs: list[list], threshold: float = 0
         {"edges": "between variables", **recovery_scores(inner, {p for p in truth if p[0] != EMBED}, layer_of,
                                                          threshold), **common},
     ])
-
-
-def _token_ids(compiled, xs: list) -> torch.Tensor:
-    return compiled.tokenize([compiled.compiler_bos, *xs])

@@ -134,12 +134,19 @@ def summary_lines(tables: dict[str, pd.DataFrame]) -> list[str]:
     lines = []
     probes = tables.get("probes")
     if probes is not None and len(probes):
-        grid = probes.pivot(index="variable", columns="layer", values="score")
-        base = probes.groupby("variable")["baseline"].first()
-        lines.append("probe score per residual site (layer = stream entering it; last = output), baseline:")
+        # a variable that exists only at some positions is scored there (its own probe; probes.py step 7)
+        partial = probes["baseline_defined"].ne(probes["baseline"]) if "baseline_defined" in probes else False
+        shown = probes.assign(shown=probes["score"].where(~partial, probes.get("score_defined")),
+                              shown_base=probes["baseline"].where(~partial, probes.get("baseline_defined")),
+                              partial=partial)
+        grid = shown.pivot(index="variable", columns="layer", values="shown")
+        first = shown.groupby("variable")[["shown_base", "partial"]].first()
+        lines.append("probe score per residual site (layer = stream entering it; last = output), baseline "
+                     "(* = scored only where the variable exists):")
         for name, row in grid.iterrows():
             cells = " ".join(f"{v:6.3f}" for v in row.tolist())
-            lines.append(f"  {name:>20} {cells}   base {base[name]:.3f}")
+            mark = "*" if first.loc[name, "partial"] else " "
+            lines.append(f"  {name:>19}{mark} {cells}   base {first.loc[name, 'shown_base']:.3f}")
     for _, r in tables.get("heads", pd.DataFrame()).iterrows():
         lines.append(f"selector {r.selector} ({r.computes}): best {r.best_head} {r.score:.3f}, runner-up "
                      f"{r.runner_up} {r.runner_up_score:.3f}; on selecting rows {r.best_head_selecting} "

@@ -2,13 +2,14 @@
 comparisons score a model against.
 
 The program is read through tracr's interface (``expr.label``, ``expr.children``, ``rasp.walk``,
-``rasp.evaluate``, ``rasp.is_numerical``), which ``workbench.rasp.rasp`` keeps, so a tracr program works here too.
+``rasp.is_numerical``, the interpreter), which ``workbench.rasp.rasp`` keeps, so a tracr program works here too.
 
 Algorithm:
 
 1. Walk the program's graph from its output through ``children`` (``rasp.walk``, children first), keep
    one expression per label, and split the expressions into SOps and selectors.
-2. For each input sequence, evaluate every SOp with the interpreter: a list with one value per position.
+2. For each input sequence, evaluate the program once with the interpreter (``evaluate_each``), which
+   gives every SOp's value: a list with one value per position.
    Values are collected per variable into one flat list over (input, position), in input order.
 3. Categorical values become class indices (classes sorted by their ``repr``, so ``None`` from an
    aggregate that selects nothing is a class of its own); numerical values become floats.
@@ -81,21 +82,28 @@ def evaluate_variables(program, inputs: list[list], include_inputs: bool = True)
     ``include_inputs=False`` leaves out the primitives ``tokens`` and ``indices``, which any model
     reads off its embedding and so say nothing about computation.
     """
-    rasp = _rasp()
     sops = [e for e in program_graph(program) if not is_selector(e)]
     if not include_inputs:
         sops = [e for e in sops if e.label not in ("tokens", "indices")]
+    per_input = _evaluate_inputs(program, inputs)
     out: dict[str, Variable] = {}
     for sop in sops:
         values: list = []
-        for xs in inputs:
-            values.extend(rasp.evaluate(sop, list(xs)))
+        for evaluated in per_input:
+            values.extend(evaluated[sop.label])
         numerical = is_numerical(sop)
         var = Variable(sop.label, numerical, values)
         if not numerical:
             var.classes = categorical_classes(values)
         out[sop.label] = var
     return out
+
+
+def _evaluate_inputs(program, inputs: list[list]) -> list[dict]:
+    """Every expression's value, by label, per input: one interpreter pass over the program each."""
+    from workbench.rasp.interpreter import evaluate_each
+
+    return [evaluate_each(program, list(xs)) for xs in inputs]
 
 
 @dataclass
@@ -113,12 +121,12 @@ def selector_matrices(program, inputs: list[list]) -> list[AttentionSelector]:
     A selector used only inside ``SelectorAnd``/``Or``/``Not`` is no head of its own, so the
     consumers' direct selectors are the ones listed.
     """
-    rasp = _rasp()
+    per_input = _evaluate_inputs(program, inputs)
     out: list[AttentionSelector] = []
     for expr in program_graph(program):
         selector = getattr(expr, "selector", None)
         if selector is None or is_selector(expr) or not is_selector(selector):
             continue
-        mats = [np.asarray(rasp.evaluate(selector, list(xs)), dtype=bool) for xs in inputs]
+        mats = [np.asarray(evaluated[selector.label], dtype=bool) for evaluated in per_input]
         out.append(AttentionSelector(selector.label, expr.label, mats))
     return out

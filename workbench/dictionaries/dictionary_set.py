@@ -142,7 +142,8 @@ def check_set_fits_model(bundle: ModelBundle, dictionaries: dict[str, Dictionary
         raise ValueError(f"dictionary set {folder} was trained on model {trained_on or '(not recorded)'} with {theirs}, but model "
                          f"{bundle.name!r} ({bundle.folder}) has {ours}: it was trained on another model")
     hooks = list(dict.fromkeys(h for d in dictionaries.values() for h in d.config.input_hooks + d.config.output_hooks))
-    missing = [h for h in hooks if h not in set(bundle.model.hook_names())]
+    known = set(bundle.model.hook_names())
+    missing = [h for h in hooks if h not in known]
     if missing:
         raise ValueError(f"dictionary set {folder} (model {trained_on or 'not recorded'}) uses hook(s) {missing} that "
                          f"model {bundle.name!r} ({bundle.folder}) lacks: it was trained on another model")

@@ -75,7 +75,7 @@ from workbench.store.atomic import read_json
 from workbench.store.catalog import Catalog
 from workbench.store.model_files import ModelBundle
 from workbench.store.names import name_folder, sole_writer
-from workbench.training.checkpoint import describe_config_change
+from workbench.training.checkpoint import config_changes, describe_changes
 from workbench.zoo.build import task_from_spec
 
 ACTIVATION_SOURCES = ("live", "store")
@@ -162,7 +162,7 @@ def check_set_folder(out: Path, request: dict, force: bool, fresh: bool) -> None
     if recorded is None:  # a set from before requests were recorded: compare what it does record
         recorded = {k: meta[k] for k in ("kind", "activation", "layers", "n_features", "steps") if k in meta}
         request = {k: request[k] for k in recorded}
-    changes = [c for c in describe_config_change(recorded, request) if c.split(":")[0] not in RESUMABLE]
+    changes = describe_changes(c for c in config_changes(recorded, request) if c[0] not in RESUMABLE)
     if not changes:
         return
     if not (force or fresh):

@@ -67,7 +67,7 @@ from workbench.training.checkpoint import (
     TrainingDiverged,
     check_finite,
     fingerprint,
-    note_in_run_log,
+    note_resume,
     resume_run,
     save_checkpoint,
 )
@@ -296,7 +296,7 @@ def _start(config: DictionaryConfig, source, cfg: DictTrainConfig, run_dir: Path
                               may_change=frozenset(f"train.{k}" for k in RESUMABLE), advice=RESUME_ADVICE)
     changes = saved["changes"]
     if changes and comm.is_writer:
-        note_in_run_log(run_dir, f"resumed at step {start} with changed settings: {'; '.join(changes)}")
+        note_resume(run_dir, start, changes)
     parts = source_parts(source, cfg.data_shards, comm)
     if start == 0 and cfg.normalize_activations:
         scale_in, scale_out = estimate_scales(parts, config, cfg, comm)

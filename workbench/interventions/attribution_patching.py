@@ -144,12 +144,14 @@ def edge_mask(sender_list: Sequence[Component], receiver_list: Sequence[Receiver
 
 def attribution_scores(model, pairs: PromptPairs, sender_list: Sequence[Component] | None = None,
                        receiver_list: Sequence[Receiver] | None = None, metric_name: str = "logit_diff",
-                       steps: int = 1, max_rows: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Steps 1-3: ``(node scores [S], edge scores [S, R])`` (NaN where no edge); ``steps`` > 1: EAP-IG."""
+                       steps: int = 1, max_rows: int = 512, *, caches: tuple | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Steps 1-3: ``(node scores [S], edge scores [S, R])`` (NaN where no edge); ``steps`` > 1: EAP-IG.
+    ``caches``: :func:`pair_caches` of these senders when already computed."""
     sender_list = senders(model, pairs.clean) if sender_list is None else list(sender_list)
     receiver_list = receivers(model) if receiver_list is None else list(receiver_list)
     n_layers = model.cfg.n_layers
-    clean_at, clean, corrupted = pair_caches(model, pairs, sender_list)
+    clean_at, clean, corrupted = caches or pair_caches(model, pairs, sender_list)
     grads = receiver_gradients(model, pairs, clean["hook_embed"], corrupted["hook_embed"], clean_at, metric_name,
                                steps, max_rows)
     deltas = _deltas(model, clean, corrupted, sender_list).double()  # [S, N, T, d]
@@ -173,12 +175,13 @@ def _edge_hooks(entries: list[tuple[int, str, torch.Tensor]], n: int, k: int):
 @torch.no_grad()
 def real_edge_effects(model, pairs: PromptPairs, sender_list: Sequence[Component] | None = None,
                       receiver_list: Sequence[Receiver] | None = None, metric_name: str = "logit_diff",
-                      max_rows: int = 512) -> torch.Tensor:
-    """Step 4: ``[S, R]`` patched - clean metric (mean over pairs) of patching each edge alone (NaN: no edge)."""
+                      max_rows: int = 512, *, caches: tuple | None = None) -> torch.Tensor:
+    """Step 4: ``[S, R]`` patched - clean metric (mean over pairs) of patching each edge alone (NaN: no edge).
+    ``caches``: :func:`pair_caches` of these senders when already computed."""
     sender_list = senders(model, pairs.clean) if sender_list is None else list(sender_list)
     receiver_list = receivers(model) if receiver_list is None else list(receiver_list)
     score, n, n_layers = metric(metric_name), len(pairs), model.cfg.n_layers
-    clean_logits, clean_cache, corrupted_cache = pair_caches(model, pairs, sender_list)
+    clean_logits, clean_cache, corrupted_cache = caches or pair_caches(model, pairs, sender_list)
     deltas = _deltas(model, clean_cache, corrupted_cache, sender_list)
     mask = edge_mask(sender_list, receiver_list)
     edges = mask.nonzero().tolist()
@@ -245,9 +248,10 @@ def edge_attribution(model, pairs: PromptPairs, heads: bool | None = None, metri
     """Steps 1-5 on the model's whole component graph (heads where the model has them)."""
     sender_list, receiver_list = senders(model, pairs.clean, heads), receivers(model)
     args = (model, pairs, sender_list, receiver_list, metric_name)
-    atp, eap = attribution_scores(*args, steps=1, max_rows=max_rows)
-    _, eap_ig = attribution_scores(*args, steps=ig_steps, max_rows=max_rows)
-    real = real_edge_effects(*args, max_rows=max_rows)
+    caches = pair_caches(model, pairs, sender_list)  # step 1 once, for all three
+    atp, eap = attribution_scores(*args, steps=1, max_rows=max_rows, caches=caches)
+    _, eap_ig = attribution_scores(*args, steps=ig_steps, max_rows=max_rows, caches=caches)
+    real = real_edge_effects(*args, max_rows=max_rows, caches=caches)
     mask = edge_mask(sender_list, receiver_list)
     rows = [{"sender": node_label(sender_list[s]), "receiver": receiver_list[r].label,
              "sender_kind": sender_list[s].kind, "sender_layer": sender_list[s].layer,

@@ -182,10 +182,9 @@ class TraceResult:
 
 
 def _cells(grid: torch.Tensor):
-    for layer in range(grid.shape[0]):
-        for pos in range(grid.shape[1]):
-            if not torch.isnan(grid[layer, pos]):
-                yield (layer, pos), grid[layer, pos]
+    """``((layer, position), value)`` of every traced (non-NaN) cell, row-major."""
+    for layer, pos in (~torch.isnan(grid)).nonzero().tolist():
+        yield (layer, pos), grid[layer, pos]
 
 
 def _check_kinds(model, kinds: Sequence[str] | None) -> list[str]:

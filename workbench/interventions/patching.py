@@ -163,12 +163,24 @@ def _sweep(model, pairs, grid: list[list[Site]], axes, labels, direction, metric
 def sweep_layer_position(model, pairs: PromptPairs, hook: str = "resid_pre", layers=None, positions=None,
                          direction: str = "denoise", metric_name: str = "logit_diff", chunk_rows: int = 256,
                          band: int | None = None) -> PatchResult:
-    """Every layer x position of a hook family: ``values [layers, positions, N]``."""
-    names = _layer_names(model, hook, layers)
+    """Every layer x position of a hook family: ``values [layers, positions, N]``. ``hook="state"``
+    patches every recurrent state hook of a layer together (the whole carried state at a position), over
+    the layers that have one."""
     pos = check_positions(positions, pairs.n_pos)
-    grid = [[Site(name, p)] for name in names for p in pos]
-    return _sweep(model, pairs, grid, ("layer", "position"), [check_layers(layers, model.cfg.n_layers), pos],
-                  direction, metric_name, chunk_rows, band)
+    if hook == "state":
+        from workbench.interventions.causal_tracing import state_hooks
+
+        groups = [(layer, state_hooks(model, layer)) for layer in check_layers(layers, model.cfg.n_layers)]
+        groups = [(layer, hooks) for layer, hooks in groups if hooks]
+        if not groups:
+            raise ValueError("hook 'state': this model has no recurrent state hooks to patch")
+        grid = [[Site(h, p) for h in hooks] for _, hooks in groups for p in pos]
+        chosen = [layer for layer, _ in groups]
+    else:
+        grid = [[Site(name, p)] for name in _layer_names(model, hook, layers) for p in pos]
+        chosen = check_layers(layers, model.cfg.n_layers)
+    return _sweep(model, pairs, grid, ("layer", "position"), [chosen, pos], direction, metric_name, chunk_rows,
+                  band)
 
 
 def _index_sweep(model, pairs, hook, layers, indices, dim, position, what, direction, metric_name, chunk_rows,

@@ -44,40 +44,43 @@ def top_features(graph: Graph, top_k: int) -> list[int]:
     return [int(i) for i in order if influence[i] > 0]
 
 
-def _batched_ablations(model, dictionaries, graph: Graph, nodes: list[int], mode: str) -> torch.Tensor:
-    """``[len(nodes)]``: the change of the top logit target when each node's feature is ablated (step 3),
-    one row of one pass per node."""
-    tokens = graph.input_tokens[None]
-    splice = FeatureSplice(model, dictionaries, tokens.expand(len(nodes), -1))
-    edits = []
-    for row, node in enumerate(nodes):
-        layer, pos, index = (int(v) for v in graph.active_features[node])
-        edits.append(FeatureEdit(layer, index, "ablate", positions=(pos,), rows=(row,)))
+def _ablation_edits(graph: Graph, nodes: list[int]) -> list[FeatureEdit]:
+    """One ablation per node, at its position, in its own batch row (row ``i`` ablates ``nodes[i]``)."""
+    return [FeatureEdit(layer, index, "ablate", positions=(pos,), rows=(row,))
+            for row, (layer, pos, index) in enumerate(graph.active_features[nodes].tolist())]
+
+
+def _ablation_changes(splice: FeatureSplice, graph: Graph, edits: list[FeatureEdit], mode: str) -> torch.Tensor:
+    """``[len(edits)]``: the change of the top logit target when each edit's feature is ablated (step 3),
+    one row of one pass per edit."""
     clean = logit_targets(graph, splice.clean_logits[:1])[0, 0]
     return logit_targets(graph, splice.run(edits, mode))[:, 0] - clean
 
 
 @torch.no_grad()
 def validate_graph(model, dictionaries, graph: Graph, top_k: int = 10) -> dict:
-    """Steps 1-4: the validation record stored in a graph's metadata under ``validation``."""
+    """Steps 1-4: the validation record stored in a graph's metadata under ``validation``. A graph that
+    visited only part of its active features (``max_feature_nodes``) cannot predict ablations: its record
+    says so instead."""
+    visited = graph.metadata.get("n_visited_features", graph.n_features)
+    if visited < graph.metadata.get("n_active_features", visited):
+        return {"note": "not validated: the graph visited only part of the active features (max_feature_nodes)"}
     nodes = top_features(graph, top_k)
     if len(nodes) < 2:
         return {"n_features": len(nodes), "pearson": None, "spearman": None,
                 "note": "fewer than two influential features: no correlation to measure"}
-    predicted = torch.stack([graph_prediction(graph, [FeatureEdit(*_edit_of(graph, n))])[1][0] for n in nodes])
-    actual = _batched_ablations(model, list(dictionaries), graph, nodes, "live").double()
-    frozen = _batched_ablations(model, list(dictionaries), graph, nodes, "frozen").double()
+    edits = _ablation_edits(graph, nodes)
+    predicted = torch.stack([graph_prediction(graph, [edit])[1][0] for edit in edits])  # rows: unused there
+    # one splice (one clean pass) serves the live and the frozen ablations
+    splice = FeatureSplice(model, dictionaries, graph.input_tokens[None].expand(len(nodes), -1))
+    actual = _ablation_changes(splice, graph, edits, "live").double()
+    frozen = _ablation_changes(splice, graph, edits, "frozen").double()
     return {"n_features": len(nodes), "pearson": _pearson(predicted, actual),
             "spearman": _pearson(_ranks(predicted), _ranks(actual)),
             "frozen_max_deviation": float((frozen - predicted).abs().max()),
             "target": graph.logit_labels[0],
             "features": [graph.node_label(n) for n in nodes],
             "predicted": [float(v) for v in predicted], "actual": [float(v) for v in actual]}
-
-
-def _edit_of(graph: Graph, node: int) -> tuple:
-    layer, pos, index = (int(v) for v in graph.active_features[node])
-    return layer, index, "ablate", 0.0, (pos,)
 
 
 __all__ = ["top_features", "validate_graph"]

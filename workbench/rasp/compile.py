@@ -104,7 +104,7 @@ class CompiledModel:
         vec = vector if vector.dim() > 1 else vector[None]
         if vec.shape[-1] != self.residual.d_model:
             raise ValueError(f"vector has width {vec.shape[-1]}, the residual stream {self.residual.d_model}")
-        present = dec.variables_at(hook, self.plan, self.plan.n_layers)
+        present = dec.variables_at(hook, self.plan)
         return {lab: dec.decode_block(self.residual, lab, vec) for lab in self.graph.order if lab in present}
 
     @property

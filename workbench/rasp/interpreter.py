@@ -17,10 +17,25 @@ from workbench.rasp import rasp
 
 def evaluate(program: rasp.RASPExpr, xs: Sequence[Any]) -> list[Any]:
     """The program's value on input ``xs``: a list per SOp, a [query][key] matrix per selector."""
+    return _evaluate_walk(program, xs)[-1][1]
+
+
+def evaluate_each(program: rasp.RASPExpr, xs: Sequence[Any]) -> dict[str, Any]:
+    """Every expression's value on ``xs`` from one pass, keyed by label (the first expression of a label,
+    as ``.named`` copies of one node share it)."""
+    out: dict[str, Any] = {}
+    for expr, value in _evaluate_walk(program, xs):
+        out.setdefault(expr.label, value)
+    return out
+
+
+def _evaluate_walk(program: rasp.RASPExpr, xs: Sequence[Any]) -> list[tuple[rasp.RASPExpr, Any]]:
+    """(expression, value) for every expression, children first, so the program itself is last."""
     memo: dict[int, Any] = {}
-    for expr in rasp.walk(program):
+    exprs = rasp.walk(program)
+    for expr in exprs:
         memo[id(expr)] = _eval_one(expr, list(xs), memo)
-    return memo[id(program)]
+    return [(expr, memo[id(expr)]) for expr in exprs]
 
 
 def _eval_one(expr: rasp.RASPExpr, xs: list, memo: dict[int, Any]) -> Any:

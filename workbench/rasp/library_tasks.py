@@ -116,10 +116,14 @@ def answer_indices(task: Task) -> list[int]:
     return [p - 2 for p in task.answer_positions()]
 
 
+def answer_token(task: Task, value: Any) -> Any:
+    """The task token the program's output ``value`` is written as (the binding's format)."""
+    return _binding(task)[2](task, value)
+
+
 def task_answer(task: Task, output: Sequence[Any]) -> list[Any]:
     """The task's answer tokens from the program's output on :func:`task_input`."""
-    _, _, fmt = _binding(task)
-    return [fmt(task, output[i]) for i in answer_indices(task)]
+    return [answer_token(task, output[i]) for i in answer_indices(task)]
 
 
 def task_target(task: Task, row: Sequence[int]) -> list[str]:

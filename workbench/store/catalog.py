@@ -151,15 +151,21 @@ class Catalog:
     def manifest_path(self, kind: str, name: str) -> Path:
         return self.root / MANIFESTS / check_kind(kind) / manifest_file_name(name)
 
+    def write_manifest(self, kind: str, name: str, path: str, created: datetime, meta: dict) -> tuple[Path, dict]:
+        """Step 1: ``(manifest file, record)``, the record written there atomically."""
+        record = {"format": MANIFEST_FORMAT, "kind": check_kind(kind), "name": name, "path": path,
+                  "created": created.isoformat(), "meta": meta}
+        manifest = self.manifest_path(kind, name)
+        atomic_write_text(manifest, json.dumps(record, indent=2) + "\n")
+        return manifest, record
+
     def register(self, kind: str, name: str, path: str | Path, meta: dict | None = None) -> None:
         """Publish ``name``'s manifest, then insert or replace its catalog row (module docstring, steps
         1-4); ``path`` is stored relative to the root when inside it."""
         path = Path(path).resolve()
         rel = path.relative_to(self.root) if self.root in path.parents or path == self.root else path
-        record = {"format": MANIFEST_FORMAT, "kind": check_kind(kind), "name": name, "path": str(rel),
-                  "created": datetime.now(UTC).replace(tzinfo=None).isoformat(), "meta": meta or {}}
-        manifest = self.manifest_path(kind, name)
-        atomic_write_text(manifest, json.dumps(record, indent=2) + "\n")
+        manifest, record = self.write_manifest(kind, name, str(rel), datetime.now(UTC).replace(tzinfo=None),
+                                               meta or {})
         try:
             self._write(lambda con: _upsert(con, self._current(manifest, record)))
         except CatalogError as err:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from workbench.store.catalog import inside_root
@@ -45,16 +45,13 @@ def sole_writer(folder: str | Path, what: str) -> Iterator[Path]:
     """Hold the folder's writer lock for the ``with`` body, or raise :class:`FolderBusy` at once."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
-    held = ReadWriteLock(folder.parent / f".{folder.name}.lock").hold(exclusive=True, timeout=0.0)
-    try:
-        held.__enter__()
-    except LockTimeout:
-        raise FolderBusy(f"{what} {folder} is being written by another process right now; wait for it to "
-                         "finish, or write elsewhere (--out, or another --name)") from None
-    try:
+    with ExitStack() as held:
+        try:
+            held.enter_context(ReadWriteLock(folder.parent / f".{folder.name}.lock").hold(exclusive=True, timeout=0.0))
+        except LockTimeout:
+            raise FolderBusy(f"{what} {folder} is being written by another process right now; wait for it to "
+                             "finish, or write elsewhere (--out, or another --name)") from None
         yield folder
-    finally:
-        held.__exit__(None, None, None)
 
 
 __all__ = ["FolderBusy", "name_folder", "short_hash", "sole_writer"]

@@ -22,11 +22,10 @@ from pathlib import Path
 
 import duckdb
 
-from workbench.store.atomic import atomic_write_text, clean_stale_temporaries, read_json
+from workbench.store.atomic import clean_stale_temporaries, read_json
 from workbench.store.catalog import (
     CATALOG_FILE,
     KINDS,
-    MANIFEST_FORMAT,
     MANIFESTS,
     SCHEMA,
     Catalog,
@@ -79,12 +78,9 @@ def _migrate(catalog: Catalog, done: Reindexed) -> None:
             _aside(wal, "damaged")
         return
     for kind, name, path, created, meta in rows:
-        manifest = catalog.manifest_path(kind, name)
-        if kind in KINDS and not manifest.exists():
-            record = {"format": MANIFEST_FORMAT, "kind": kind, "name": name, "path": path,
-                      "created": (created or datetime.now(UTC).replace(tzinfo=None)).isoformat(),
-                      "meta": json.loads(meta) if isinstance(meta, str) else meta}
-            atomic_write_text(manifest, json.dumps(record, indent=2) + "\n")
+        if kind in KINDS and not catalog.manifest_path(kind, name).exists():
+            catalog.write_manifest(kind, name, path, created or datetime.now(UTC).replace(tzinfo=None),
+                                   json.loads(meta) if isinstance(meta, str) else meta)
             done.migrated.append((kind, name))
 
 

@@ -74,15 +74,15 @@ def run_steer(ctx: UnitContext) -> UnitResult:
         positions=None, position=None, dim=-1)
 def run_patch(ctx: UnitContext) -> UnitResult:
     from workbench.interventions import patching
+    from workbench.interventions.causal_tracing import state_hooks
 
     p, pairs, model = ctx.params, ctx.pairs, ctx.bundle.model
     common = {"direction": p["direction"], "metric_name": p["metric"]}
-    if p["sweep"] == "layer_position" and p["hook"] == "state":
-        result = state_sweep(model, pairs, p.get("layers"), p.get("positions"), **common)
-        if result is None:
-            return UnitResult(pd.DataFrame(columns=["layer", "position", "value", "normalised"]), None,
-                              {"note": "no recurrent state hooks in this model"})
-    elif p["sweep"] == "layer_position":
+    if p["hook"] == "state" and not any(state_hooks(model, layer) for layer in range(model.cfg.n_layers)):
+        # a study over several architectures: the Transformer has no state to patch, which is a finding
+        return UnitResult(pd.DataFrame(columns=["layer", "position", "value", "normalised"]), None,
+                          {"note": "no recurrent state hooks in this model"})
+    if p["sweep"] == "layer_position":
         result = patching.sweep_layer_position(model, pairs, p["hook"], p.get("layers"), p.get("positions"), **common)
     elif p["sweep"] in ("heads", "channels"):
         sweep = patching.sweep_heads if p["sweep"] == "heads" else patching.sweep_channels
@@ -101,23 +101,6 @@ def run_patch(ctx: UnitContext) -> UnitResult:
                                       "corrupted": round(float(result.corrupted.mean()), 4),
                                       "strongest": f"layer {int(best['layer'])} {column} {best[column]}: "
                                                    f"{float(best['normalised']):.3f}"})
-
-
-def state_sweep(model, pairs, layers, positions, direction: str, metric_name: str):
-    """Every layer x position, patching all of the layer's recurrent state hooks together (the whole carried
-    state at that position); None for a model without state hooks."""
-    from workbench.interventions.causal_tracing import state_hooks
-    from workbench.interventions.hooks import check_layers, check_positions
-    from workbench.interventions.patching import PatchResult, Site, patch_runs
-
-    layers = [l for l in check_layers(layers, model.cfg.n_layers) if state_hooks(model, l)]
-    if not layers:
-        return None
-    positions = check_positions(positions, pairs.n_pos)
-    runs = [tuple(Site(h, pos) for h in state_hooks(model, l)) for l in layers for pos in positions]
-    values, clean, corrupted, _ = patch_runs(model, pairs, runs, direction, metric_name)
-    return PatchResult(values.reshape(len(layers), len(positions), len(pairs)), clean, corrupted,
-                       ("layer", "position"), (layers, positions), metric_name, direction)
 
 
 @method("trace", "Causal tracing (ROME): noise the subject's embeddings, restore one hidden state at a time "

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import pandas as pd
 import plotly.graph_objects as go
-import torch
 
 PROMPT_KEYS = {"task": None, "corrupt": None, "n": 16, "split": "test", "template": None, "task_params": None,
                "clean": None, "corrupted": None, "answer": None, "contrast": None}
@@ -43,12 +42,16 @@ class UnitContext:
     params: dict
     seed: int
     log: Callable[[str], None] = field(default=lambda _: None)
+    # model folder -> loaded bundle; a study passes one dict to all its units so each model loads once
+    bundles: dict = field(default_factory=dict, repr=False, compare=False)
 
     @cached_property
     def bundle(self):
         from workbench.store.model_files import load_model_folder
 
-        return load_model_folder(self.model_path)
+        if self.model_path not in self.bundles:
+            self.bundles[self.model_path] = load_model_folder(self.model_path)
+        return self.bundles[self.model_path]
 
     @cached_property
     def pairs(self):
@@ -131,7 +134,3 @@ def check_step(name: str, params: dict, where: str) -> dict:
 
 def load_adapters() -> None:
     from workbench.studies import adapters  # noqa: F401  (registers the methods)
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)

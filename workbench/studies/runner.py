@@ -116,8 +116,9 @@ def run_study(spec: StudySpec | str | Path, catalog: Catalog | None = None, *, q
     models_dir = models_root(models_dir)
     folder = inside_root(catalog.root, Path("studies") / spec.name)
     model_paths = {m: resolve_model(m, models_dir) for m in spec.models}
+    bundles: dict = {}  # each model loads once, shared by its units
     contexts = {(index, name): UnitContext(path, {**spec.prompts, **step.prompts}, step.params,
-                                           unit_seed(spec.seed, index, name), log)
+                                           unit_seed(spec.seed, index, name), log, bundles)
                 for index, step in enumerate(spec.steps) for name, path in model_paths.items()}
     for ctx in contexts.values():
         ctx.pairs  # noqa: B018  (bad prompts, unknown tokens, unequal lengths: fail before writing anything)

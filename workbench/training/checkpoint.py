@@ -146,9 +146,14 @@ def config_changes(old: dict, new: dict, prefix: str = "") -> list[tuple[str, ob
     return changes
 
 
+def describe_changes(changes) -> list[str]:
+    """:func:`config_changes`' tuples as text: ``train.lr: 0.001 -> 0.002``."""
+    return [f"{name}: {a} -> {b}" for name, a, b in changes]
+
+
 def describe_config_change(old: dict, new: dict, prefix: str = "") -> list[str]:
     """Human-readable differences between two nested configs: ``train.lr: 0.001 -> 0.002``."""
-    return [f"{name}: {a} -> {b}" for name, a, b in config_changes(old, new, prefix)]
+    return describe_changes(config_changes(old, new, prefix))
 
 
 LOG_FILE = "train.log"
@@ -159,6 +164,14 @@ def note_in_run_log(run_dir: Path, text: str) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     with open(run_dir / LOG_FILE, "a", encoding="utf-8") as fh:
         fh.write(f"{datetime.now(UTC).isoformat(timespec='seconds')} {text}\n")
+
+
+def note_resume(run_dir: Path, start: int, changes: list[str]) -> str:
+    """The note of a resume at ``start`` that changed settings (``resume_run``'s ``changes``), appended
+    to the run's log and returned."""
+    note = f"resumed at step {start} with changed settings: {'; '.join(changes)}"
+    note_in_run_log(run_dir, note)
+    return note
 
 
 class TrainingDiverged(RuntimeError):
@@ -184,7 +197,7 @@ def resume_run(run_dir: Path, config: dict, module: torch.nn.Module, optimizer, 
         changes = config_changes(ckpt.state.get("config", {}), config)
         refused = [c for c in changes if c[0] not in may_change]
         if refused:
-            differences = "; ".join(f"{name}: {a} -> {b}" for name, a, b in refused[:8])
+            differences = "; ".join(describe_changes(refused[:8]))
             raise ValueError(
                 f"run folder {run_dir} holds a {what} of a different config; refusing to resume. "
                 f"Differences: {differences}. {advice}"
@@ -193,7 +206,7 @@ def resume_run(run_dir: Path, config: dict, module: torch.nn.Module, optimizer, 
     optimizer.load_state_dict(ckpt.optimizer)
     if restore_rng:
         torch.set_rng_state(ckpt.state["rng_torch"])
-    return ckpt.step, {**ckpt.state, "changes": [f"{name}: {a} -> {b}" for name, a, b in changes]}
+    return ckpt.step, {**ckpt.state, "changes": describe_changes(changes)}
 
 
 def check_finite(loss: torch.Tensor, grad_norm: torch.Tensor, step: int, run_dir: Path, advice: str) -> None:

@@ -36,7 +36,7 @@ from workbench.tasks.base import Task, masked_token_loss
 from workbench.training.checkpoint import (
     check_finite,
     fingerprint,
-    note_in_run_log,
+    note_resume,
     resume_run,
     save_checkpoint,
 )
@@ -153,8 +153,7 @@ def _resume(run_dir: Path, config: dict, model, optimizer, cfg: TrainConfig,
         raise ValueError(f"run folder {run_dir} holds a checkpoint at step {start}, past steps={cfg.steps}; "
                          f"give steps >= {start} to resume, or start over with `wb train ... --fresh`")
     if state["changes"]:
-        note = f"resumed at step {start} with changed settings: {'; '.join(state['changes'])}"
-        note_in_run_log(run_dir, note)
+        note = note_resume(run_dir, start, state["changes"])
         if log is not None:
             log(f"{note} (noted in {run_dir / 'train.log'})")
     return start, state

@@ -247,14 +247,20 @@ def _model_folders(models_dir: Path) -> list[Path]:
                   and any((p / m).is_file() for m in markers))
 
 
+def verify_folder(folder: Path, catalog: Catalog | None = None) -> list[VerifyRow]:
+    """Steps 1-2 for one model folder: its own row, then one per committed dictionary set."""
+    rows = [verify_model(folder, catalog)]
+    return rows + [verify_dictionary_set(s.parent) for s in sorted(folder.glob("dictionaries/*/set.json"))]
+
+
+def missing_rows(models_dir: Path) -> list[VerifyRow]:
+    """A FAIL row for every zoo entry with no folder."""
+    return [VerifyRow(e.name, ["not built: run `wb zoo build`"]) for e in ZOO if not (models_dir / e.name).is_dir()]
+
+
 def verify_zoo(models_dir: Path, catalog: Catalog | None = None) -> list[VerifyRow]:
-    rows = []
-    for folder in _model_folders(models_dir):
-        rows.append(verify_model(folder, catalog))
-        rows += [verify_dictionary_set(s.parent) for s in sorted(folder.glob("dictionaries/*/set.json"))]
-    missing = [e.name for e in ZOO if not (models_dir / e.name).is_dir()]
-    rows += [VerifyRow(name, ["not built: run `wb zoo build`"]) for name in missing]
-    return rows
+    rows = [row for folder in _model_folders(models_dir) for row in verify_folder(folder, catalog)]
+    return rows + missing_rows(models_dir)
 
 
 def write_zoo_checksums(models_dir: Path, force: bool = False) -> list[Path]:

@@ -29,7 +29,7 @@ import torch
 from workbench.architectures import build_model, count_parameters
 from workbench.rasp.compiler.residual import ONE
 from workbench.rasp.library import LibraryProgram
-from workbench.rasp.library_tasks import BINDINGS, task_input, task_program
+from workbench.rasp.library_tasks import answer_token, task_input, task_program
 from workbench.tasks import Task
 from workbench.tasks.tokenizer import BOS, Tokenizer
 
@@ -68,7 +68,7 @@ def output_token(task: Task, value):
     """The task token the program's output ``value`` stands for, or None (None, or not a task token)."""
     if value is None:
         return None
-    token = BINDINGS[task.name][2](task, value)
+    token = answer_token(task, value)
     return token if token in task.tokenizer.index else None
 
 

@@ -8,7 +8,7 @@ where four minutes of silent re-measuring buys nothing when no file changed. So:
 2. ``<artifacts>/zoo-verified.json`` keeps, per model, the fingerprint it had when all of its rows
    (the model and its dictionary sets) last passed.
 3. A model whose fingerprint matches is reported from that record, marked "unchanged since it last
-   passed"; any other is verified in full (``build.verify_model`` / ``verify_dictionary_set``) and the
+   passed"; any other is verified in full (``build.verify_folder``) and the
    record is updated only when every row passes. A failing model is re-measured on every run.
 4. A progress bar counts the models.
 """
@@ -39,32 +39,26 @@ def fingerprint(folder: Path) -> str:
     return h.hexdigest()
 
 
-def _rows_of(folder: Path, catalog: Catalog | None) -> list[VerifyRow]:
-    rows = [build.verify_model(folder, catalog)]
-    return rows + [build.verify_dictionary_set(s.parent) for s in sorted(folder.glob("dictionaries/*/set.json"))]
-
-
 def verify_zoo_cached(models_dir: Path, catalog: Catalog, progress: bool = True) -> list[VerifyRow]:
     """Steps 1-4 over every model folder of the zoo; missing entries are reported as by ``verify_zoo``."""
     path = catalog.root / CACHE_FILE
     record = read_json(path) if path.is_file() else {}
     rows: list[VerifyRow] = []
     for folder in tqdm(_model_folders(models_dir), desc="verify zoo", unit="model", disable=not progress):
-        print_ = fingerprint(folder)
+        stamp = fingerprint(folder)
         known = record.get(folder.name)
-        if known and known.get("fingerprint") == print_:
+        if known and known.get("fingerprint") == stamp:
             rows += [VerifyRow(**{**r, "detail": (r.get("detail") or "") + " (unchanged since it last passed)"})
                      for r in known["rows"]]
             continue
-        fresh = _rows_of(folder, catalog)
+        fresh = build.verify_folder(folder, catalog)
         rows += fresh
         if all(r.ok for r in fresh):
-            record[folder.name] = {"fingerprint": print_, "rows": [asdict(r) for r in fresh]}
+            record[folder.name] = {"fingerprint": stamp, "rows": [asdict(r) for r in fresh]}
         else:
             record.pop(folder.name, None)
         atomic_write_json(path, record)
-    missing = [e.name for e in build.ZOO if not (models_dir / e.name).is_dir()]
-    return rows + [VerifyRow(name, ["not built: run `wb zoo build`"]) for name in missing]
+    return rows + build.missing_rows(models_dir)
 
 
 __all__ = ["CACHE_FILE", "fingerprint", "verify_zoo_cached"]

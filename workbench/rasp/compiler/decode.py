@@ -51,11 +51,12 @@ _BEFORE = {"hook_resid_pre": (0, None), "hook_mixer_in": (0, None), "hook_resid_
            "hook_mixer_out": (1, 0), "hook_mlp_out": (2, 1)}
 
 
-def variables_at(hook: str, plan, n_layers: int) -> list[str]:
+def variables_at(hook: str, plan) -> list[str]:
     """SOps held by the vector at ``hook`` (a residual hook: all written so far; a sublayer's output:
     what that sublayer writes)."""
     if hook in ("hook_embed", "hook_pos_embed"):
         return [lab for lab, s in plan.sublayer.items() if s == -1]
+    n_layers = plan.n_layers
     if hook == "hook_final":
         hook = f"blocks.{n_layers - 1}.hook_resid_post"
     match = _HOOK.match(hook)
