@@ -3,6 +3,10 @@
 ``build_model(config)`` makes a fresh model from a JSON-able config whose ``architecture`` field names
 the builder; every builder returns a ``HookedRootModule`` with the shared hook names (see ``hooked``).
 
+Every architecture, built-in or a user's, enters through :func:`register_architecture` (a name, a
+builder and its defaults); a user's package may also name a module under the ``workbench.architectures``
+entry-point group, which is imported (and so registers itself) on first use of the registry.
+
 A config's fields are typed and range-checked (:mod:`workbench.fields`) whether they come from code
 (``model_config``), the command line or a model folder's ``config.json``. A config read back must hold
 the fields that decide the model's size and function (:data:`REQUIRED_FIELDS`, where the architecture
@@ -28,22 +32,28 @@ from workbench.architectures.hooked import (
 )
 from workbench.fields import Field, activations, check_values, fields_from_defaults
 
-ARCHITECTURES: dict[str, Callable[[dict], torch.nn.Module]] = {
-    "transformer": transformer.build,
-    "mingru": mingru.build,
-    "lstm": lstm.build,
-    "mamba": mamba.build,
-    "rwkv": rwkv.build,
-    "xlstm": xlstm.build,
-}
-DEFAULTS: dict[str, dict] = {
-    "transformer": transformer.DEFAULTS,
-    "mingru": mingru.DEFAULTS,
-    "lstm": lstm.DEFAULTS,
-    "mamba": mamba.DEFAULTS,
-    "rwkv": rwkv.DEFAULTS,
-    "xlstm": xlstm.DEFAULTS,
-}
+ARCHITECTURES: dict[str, Callable[[dict], torch.nn.Module]] = {}
+DEFAULTS: dict[str, dict] = {}
+ENTRY_POINT_GROUP = "workbench.architectures"
+
+
+def register_architecture(name: str, build: Callable[[dict], torch.nn.Module], defaults: dict, *,
+                          replace: bool = False) -> None:
+    """Make ``name`` buildable: ``build(config) -> HookedModel`` and the config ``defaults`` (every
+    field the builder reads besides ``d_vocab``, ``n_ctx`` and ``seed``). A name already taken is an
+    error unless ``replace`` (a user reloading their own module)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"architecture name must be an identifier-like string, got {name!r}")
+    if name in ARCHITECTURES and not replace and ARCHITECTURES[name] is not build:
+        raise ValueError(f"architecture {name!r} is already registered; pass replace=True to swap it")
+    if not callable(build) or not isinstance(defaults, dict):
+        raise ValueError(f"register_architecture({name!r}) needs a callable builder and a dict of defaults")
+    ARCHITECTURES[name] = build
+    DEFAULTS[name] = dict(defaults)
+
+
+for _module in (transformer, mingru, lstm, mamba, rwkv, xlstm):
+    register_architecture(_module.__name__.rsplit(".", 1)[1], _module.build, _module.DEFAULTS)
 
 # What every config read back must name, where its architecture has the field: the sizes of every
 # weight and the activation (which no weight's shape reveals). Every other field is optional.
@@ -133,5 +143,6 @@ __all__ = [
     "hook_name",
     "model_config",
     "model_fields",
+    "register_architecture",
     "shared_hook_names",
 ]

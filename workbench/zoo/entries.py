@@ -188,6 +188,13 @@ ZOO += [
     for task in ("sort", "reverse", "histogram") for arch in ("transformer", "xlstm", "lstm")
 ]
 
+# Zoo II (issue #13): TokenFormer, the Energy-Based Transformer and the gyrovector model, each on recall
+# and toyworld; one block per architecture.
+# <zoo II: tokenformer>
+# <zoo II: ebt>
+# <zoo II: gyro>
+
+
 @dataclass(frozen=True)
 class RaspEntry:
     """A compiled RASP program in its task's format: built by compiling, not training
