@@ -154,6 +154,38 @@ class CausalConv1d(nn.Module):
         return y, padded[:, padded.shape[1] - (self.width - 1):]
 
 
+class ShortConv(nn.Module):
+    """An optional short causal convolution in front of a recurrent mixer (Zoology's "short conv").
+
+    Width 0 is no convolution: the mixer sees its input unchanged and carries only its own state.
+    Width w > 0 is a depthwise :class:`CausalConv1d` of ``channels`` (linear, with bias, no activation, so
+    gate form is untouched): position t reads inputs t-w+1..t, so on recall the key two positions back
+    reaches the value's position before the recurrence writes its state. The mixer's carried state is then
+    ``(conv window, the mixer's own state)``.
+
+    Use: ``x, window, inner = self.short_conv.split(x, state)`` at the top of the mixer's forward, and
+    ``return y, self.short_conv.pack(window, new_inner)``.
+    """
+
+    def __init__(self, channels: int, width: int):
+        super().__init__()
+        if width < 0:
+            raise ValueError(f"short convolution width must be >= 0 (0: none); got {width}")
+        self.width = width
+        self.conv = CausalConv1d(channels, width) if width else None
+        self.hook_conv = HookPoint()  # the convolved input (patchable; linear, so no gate)
+
+    def split(self, x: torch.Tensor, state):
+        if self.conv is None:
+            return x, None, state
+        window, inner = state if state is not None else (None, None)
+        y, window = self.conv(x, window)
+        return self.hook_conv(y), window, inner
+
+    def pack(self, window, inner):
+        return inner if self.conv is None else (window, inner)
+
+
 class Block(nn.Module):
     """Pre-norm residual block with the shared hook names (see ``hooked``); the mixer and the MLP-like
     part are registered under ``mixer_name`` / ``mlp_name`` (module docstring)."""

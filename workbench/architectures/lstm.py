@@ -6,6 +6,9 @@
     h_t = o * (c_t * g_c)                              g_c = tanh(c_t)/c_t behind mixer.hook_c_gate
     y_t = W_o h_t                                      (only when d_hidden = expand * d_model != d_model)
 
+Option ``conv_kernel`` (default 0, none): a short causal convolution in front of the cell
+(components.ShortConv, issue #16's recall sweep); the carried state is then ``(conv window, (h, c))``.
+
 States: ``mixer.hook_state`` is c per position, ``mixer.hook_hidden`` is h per position, both
 ``[B, T, d_hidden]``; the carried state is ``(h_T, c_T)``.
 
@@ -48,12 +51,13 @@ import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from workbench.architectures.components import BLOCK_DEFAULTS, ArchConfig, BlockLM, tanh_ratio
+from workbench.architectures.components import BLOCK_DEFAULTS, ArchConfig, BlockLM, ShortConv, tanh_ratio
 from workbench.architectures.recurrence import hooked_recurrence
 
 DEFAULTS = {
     **BLOCK_DEFAULTS,
     "expand": 1,  # d_hidden = expand * d_model
+    "conv_kernel": 0,  # a short causal conv before the cell; 0: none
 }
 
 GATES = ("i", "f", "z", "o", "c")
@@ -75,6 +79,7 @@ class LSTMMixer(nn.Module):
             setattr(self, f"hook_{name}_gate", HookPoint())
         self.hook_state = HookPoint()  # c per position
         self.hook_hidden = HookPoint()  # h per position
+        self.short_conv = ShortConv(cfg.d_model, cfg.get("conv_kernel", 0))
 
     def _step(self, xw: torch.Tensor):
         """One time step for :func:`hooked_recurrence`: live gates, or the hooked ones when fixed;
@@ -95,6 +100,7 @@ class LSTMMixer(nn.Module):
         return step
 
     def forward(self, x: torch.Tensor, state: tuple | None = None):
+        x, window, state = self.short_conv.split(x, state)
         carry = state if state is not None else (x.new_zeros(x.shape[0], self.d_hidden),) * 2
         run = hooked_recurrence(
             self._step(self.W(x)), x.shape[1], carry,
@@ -102,7 +108,7 @@ class LSTMMixer(nn.Module):
             # c first: a hook on h sees the states that follow from a patched c
             state_hooks={"state": self.hook_state, "hidden": self.hook_hidden},
         )
-        return self.W_o(run["hidden"]), (run["hidden"][:, -1], run["state"][:, -1])
+        return self.W_o(run["hidden"]), self.short_conv.pack(window, (run["hidden"][:, -1], run["state"][:, -1]))
 
     def as_torch_lstm(self) -> nn.LSTM:
         """The same cell as a ``torch.nn.LSTM`` (batch first), for reference checks."""

@@ -18,7 +18,11 @@ Choices, as the reference implementation makes them: B is discretised as dt * B 
 exact ZOH (dt A)^{-1}(exp(dt A) - 1) dt B; dt_rank = ceil(d_model / 16) when "auto"; dt_proj's weight
 uniform in +-dt_rank^-0.5 and its bias the inverse softplus of dt drawn log-uniformly in [0.001, 0.1]
 (floored at 1e-4), so the initial time steps span two decades; D = 1; no biases on in/out/x
-projections, a bias on the conv. ``A_log`` and ``D`` carry ``_no_weight_decay`` as in the reference
+projections, a bias on the conv. The residual outputs are rescaled at init as the reference's
+``_init_weights(rescale_prenorm_residual=True)``: out_proj's weight (PyTorch's default draw) divided by
+sqrt(n_residuals_per_layer * n_layers), with 2 residual branches per layer here (mixer and MLP, as the
+reference's MambaLMHeadModel counts them when a block has an MLP), and the MLP's output weight with it;
+the MLP's biases start at 0 (the reference zeroes every Linear bias except dt_proj's). ``A_log`` and ``D`` carry ``_no_weight_decay`` as in the reference
 (a trainer that honours it keeps weight decay from pulling the decay rates toward A = -1).
 
 Gate form: every data-dependent factor is hooked (conv gate, dt, B, C, decay, out gate). Frozen, the
@@ -413,5 +417,16 @@ class MambaMixer(nn.Module):
         return torch.stack(outputs, dim=1), (window, h)
 
 
+RESIDUALS_PER_LAYER = 2  # the mixer's and the MLP's branches
+
+
 def build(config: dict) -> BlockLM:
-    return BlockLM(ArchConfig(config), make_mixer=lambda cfg, _layer: MambaMixer(cfg))
+    model = BlockLM(ArchConfig(config), make_mixer=lambda cfg, _layer: MambaMixer(cfg))
+    scale = math.sqrt(RESIDUALS_PER_LAYER * model.cfg.n_layers)  # module docstring: the reference's rescale
+    with torch.no_grad():
+        for block in model.blocks:
+            block.mixer.out_proj.weight.div_(scale)
+            block.mlp.W_out.weight.div_(scale)
+            block.mlp.W_in.bias.zero_()  # the reference zeroes every Linear bias but dt_proj's
+            block.mlp.W_out.bias.zero_()
+    return model

@@ -19,6 +19,9 @@ Choices where the paper leaves one:
   decompose into features. It also matches the other architectures' blocks, so comparisons differ in
   the mixer alone.
 
+Option ``conv_kernel`` (default 0, none): a short causal convolution in front of the cell
+(components.ShortConv, issue #16's recall sweep); the carried state is then ``(conv window, h)``.
+
 Carried state: the last h, ``[B, d_hidden]``. Patching ``mixer.hook_state`` at position t replaces h_t
 and every later state follows from it (scan.py, "Patchable states"), so outputs before t are unchanged;
 a backward hook there sees the total derivative dL/dh_t (scan.py, "Gradients at a state hook").
@@ -30,12 +33,13 @@ import torch
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from workbench.architectures.components import BLOCK_DEFAULTS, ArchConfig, BlockLM
+from workbench.architectures.components import BLOCK_DEFAULTS, ArchConfig, BlockLM, ShortConv
 from workbench.architectures.scan import patchable_linear_scan
 
 DEFAULTS = {
     **BLOCK_DEFAULTS,
     "expand": 1,  # d_hidden = expand * d_model
+    "conv_kernel": 0,  # a short causal conv before the cell; 0: none
 }
 
 
@@ -48,22 +52,25 @@ class MinGRUMixer(nn.Module):
         self.W_o = nn.Linear(d_hidden, cfg.d_model, bias=False) if d_hidden != cfg.d_model else nn.Identity()
         self.hook_z_gate = HookPoint()
         self.hook_state = HookPoint()
+        self.short_conv = ShortConv(cfg.d_model, cfg.get("conv_kernel", 0))
 
-    def forward(self, x: torch.Tensor, state: torch.Tensor | None = None):
+    def forward(self, x: torch.Tensor, state=None):
+        x, window, state = self.short_conv.split(x, state)
         z = self.hook_z_gate(torch.sigmoid(self.W_z(x)))
         decay, inp = 1 - z, z * self.W_h(x)
         states = patchable_linear_scan(self.hook_state, decay, inp, state)
-        return self.W_o(states), states[:, -1]
+        return self.W_o(states), self.short_conv.pack(window, states[:, -1])
 
-    def forward_sequential(self, x: torch.Tensor, state: torch.Tensor | None = None):
+    def forward_sequential(self, x: torch.Tensor, state=None):
         """The cell one step at a time, without hooks: the reference the parallel form is tested against."""
+        x, window, state = self.short_conv.split(x, state)
         z, candidate = torch.sigmoid(self.W_z(x)), self.W_h(x)
         h = state if state is not None else x.new_zeros(x.shape[0], z.shape[-1])
         outputs = []
         for t in range(x.shape[1]):
             h = (1 - z[:, t]) * h + z[:, t] * candidate[:, t]
             outputs.append(h)
-        return self.W_o(torch.stack(outputs, dim=1)), h
+        return self.W_o(torch.stack(outputs, dim=1)), self.short_conv.pack(window, h)
 
 
 def build(config: dict) -> BlockLM:

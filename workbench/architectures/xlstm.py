@@ -31,10 +31,19 @@ sLSTM block ("post up-projection", reference ``sLSTMLayer`` + gated FFN), mixer:
 MLP-like part: the gated feed-forward W_down(gelu(W_g x) * W_u x), width ffn_proj_factor * d (1.3, as
 the reference); gelu(W_g x) behind mlp.hook_act_gate, so the FFN too is in gate form.
 
-Initialisation as the reference where it matters for the dynamics: mLSTM i/f gate weights 0, forget
-bias linspace(3, 6) over heads, input bias N(0, 0.1); sLSTM biases and recurrent matrices in
-xlstm_cells.py; headwise projections N(0, 2 / (5 fan_in)) (the reference's small init); learnable skip 1;
-other linear layers PyTorch's default. Norms: LayerNorm pre-norms and per-head GroupNorms (Norm with
+Initialisation as the reference's ``reset_parameters`` (xlstm package, mLSTMLayer / sLSTMLayer /
+GatedFeedForward), checked against it on the same shapes in tests/test_recall_grid.py:
+- "small init" N(0, std sqrt(2 / (5 d))) with d = d_model (the embedding width, NOT the fan-in: the
+  reference says "use the embedding dim instead of the inner embedding dim") for the headwise q, k, v
+  projections, the sLSTM gate projections W_i, W_f, W_z, W_o, the mLSTM up-projection and the gated
+  FFN's up-projection. (Until issue #16 the headwise blocks used their own fan-in, 4.8x too large for
+  mLSTM q/k/v at d_model 96 with blocks of 4, 2x for the sLSTM gates with 4 heads.)
+- "Wang init" N(0, std 2 / (n_layers sqrt(d))) for the mLSTM down-projection and the gated FFN's
+  down-projection (residual branches shrink with depth).
+- mLSTM i/f gate weights 0, forget bias linspace(3, 6) over heads, input bias N(0, 0.1); sLSTM biases
+  and recurrent matrices in xlstm_cells.py; learnable skip 1; the conv PyTorch's default (as the
+  reference). The MLP added to mLSTM blocks is the shared MLP (BlockLM's init, as every architecture),
+  and so are the embedding and unembedding: comparisons across architectures differ in the blocks only. Norms: LayerNorm pre-norms and per-head GroupNorms (Norm with
 groups; the reference's have no bias, ours start at 0). Block widths are not rounded up to multiples
 of 64 as in the reference (that only serves GPU kernels).
 
@@ -68,15 +77,28 @@ DEFAULTS = {
 }
 
 
-class HeadwiseLinear(nn.Module):
-    """Block-diagonal linear map: ``n_blocks`` independent square blocks (reference LinearHeadwiseExpand)."""
+def small_init_(weight: torch.Tensor, d_model: int) -> torch.Tensor:
+    """The reference's small init: N(0, std sqrt(2 / (5 d_model))) (Nguyen & Salazar 2019)."""
+    with torch.no_grad():
+        return weight.normal_(0.0, math.sqrt(2 / (5 * d_model)))
 
-    def __init__(self, width: int, n_blocks: int):
+
+def wang_init_(weight: torch.Tensor, d_model: int, n_layers: int) -> torch.Tensor:
+    """The reference's Wang init for residual outputs: N(0, std 2 / (n_layers sqrt(d_model)))."""
+    with torch.no_grad():
+        return weight.normal_(0.0, 2 / n_layers / math.sqrt(d_model))
+
+
+class HeadwiseLinear(nn.Module):
+    """Block-diagonal linear map: ``n_blocks`` independent square blocks (reference LinearHeadwiseExpand),
+    small-initialised with the model width ``d_model`` (module docstring)."""
+
+    def __init__(self, width: int, n_blocks: int, d_model: int):
         super().__init__()
         if width % n_blocks:
             raise ValueError(f"width {width} is not divisible into {n_blocks} blocks")
         size = width // n_blocks
-        self.weight = nn.Parameter(torch.randn(n_blocks, size, size) * math.sqrt(2 / (5 * size)))
+        self.weight = nn.Parameter(small_init_(torch.empty(n_blocks, size, size), d_model))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blocks = x.unflatten(-1, (self.weight.shape[0], -1))
@@ -86,7 +108,7 @@ class HeadwiseLinear(nn.Module):
 class GatedFFN(nn.Module):
     """``W_down(act(W_g x) * W_u x)``, act(W_g x) behind ``hook_act_gate`` (reference GatedFeedForward)."""
 
-    def __init__(self, d_model: int, proj_factor: float, act: str = "gelu"):
+    def __init__(self, d_model: int, proj_factor: float, act: str = "gelu", n_layers: int = 1):
         super().__init__()
         acts = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
         if act not in acts:
@@ -94,6 +116,8 @@ class GatedFFN(nn.Module):
         self.act, width = acts[act], round(proj_factor * d_model)
         self.proj_up = nn.Linear(d_model, 2 * width, bias=False)
         self.proj_down = nn.Linear(width, d_model, bias=False)
+        small_init_(self.proj_up.weight, d_model)
+        wang_init_(self.proj_down.weight, d_model, n_layers)
         for name in ("pre", "act_gate", "up", "post"):
             setattr(self, f"hook_{name}", HookPoint())
 
@@ -116,7 +140,8 @@ class MLSTMLayer(nn.Module):
         self.proj_up = nn.Linear(cfg.d_model, 2 * inner, bias=False)
         self.conv = CausalConv1d(inner, cfg.conv_kernel)
         blocks = inner // cfg.qkv_blocksize
-        self.q_proj, self.k_proj, self.v_proj = (HeadwiseLinear(inner, blocks) for _ in range(3))
+        self.q_proj, self.k_proj, self.v_proj = (HeadwiseLinear(inner, blocks, cfg.d_model) for _ in range(3))
+        small_init_(self.proj_up.weight, cfg.d_model)
         self.igate, self.fgate = nn.Linear(3 * inner, heads), nn.Linear(3 * inner, heads)
         with torch.no_grad():
             for gate in (self.igate, self.fgate):
@@ -127,6 +152,7 @@ class MLSTMLayer(nn.Module):
         self.outnorm = Norm(inner, "layer", groups=heads)
         self.learnable_skip = nn.Parameter(torch.ones(inner))
         self.proj_down = nn.Linear(inner, cfg.d_model, bias=False)
+        wang_init_(self.proj_down.weight, cfg.d_model, cfg.n_layers)
         self.hook_conv_gate, self.hook_o_gate = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, state: tuple | None = None):
@@ -149,7 +175,7 @@ class SLSTMLayer(nn.Module):
         super().__init__()
         d, heads = cfg.d_model, cfg.n_heads
         self.conv = CausalConv1d(d, cfg.conv_kernel)
-        self.W_i, self.W_f, self.W_z, self.W_o = (HeadwiseLinear(d, heads) for _ in range(4))
+        self.W_i, self.W_f, self.W_z, self.W_o = (HeadwiseLinear(d, heads, d) for _ in range(4))
         self.cell = SLSTMCell(d, heads, layer, cfg.n_layers)
         self.group_norm = Norm(d, "layer", groups=heads)
         self.hook_conv_gate = HookPoint()
@@ -181,7 +207,7 @@ def build(config: dict) -> BlockLM:
 
     def make_mlp(c: ArchConfig, layer: int) -> nn.Module:
         if layer in slstm:
-            return GatedFFN(c.d_model, c.ffn_proj_factor, c.act_fn)
+            return GatedFFN(c.d_model, c.ffn_proj_factor, c.act_fn, c.n_layers)
         return MLP(c.d_model, c.d_mlp, c.act_fn)
 
     return BlockLM(cfg, make_mixer, make_mlp)

@@ -1,4 +1,4 @@
-"""`wb zoo build | dicts | verify | checksums | list`: the committed model zoo."""
+"""`wb zoo build | dicts | verify | checksums | list | recall-sweep`: the committed model zoo."""
 
 from __future__ import annotations
 
@@ -105,3 +105,54 @@ def zoo_list(models: ModelsOpt = None):
     from workbench.zoo import zoo_table
 
     typer.echo(zoo_table(models_root(models)))
+
+
+@zoo_app.command("recall-sweep")
+@friendly_errors
+def zoo_recall_sweep(
+    variant: Annotated[list[str] | None, typer.Option("--variant", help="Variants (default: the four recurrent "
+                                                      "mixers, minGRU and LSTM with conv, and the references).")] = None,
+    width: Annotated[list[int] | None, typer.Option("--width", help="d_model values (default 64, 128, 256).")] = None,
+    lr: Annotated[list[float] | None, typer.Option("--lr", help="Learning rates (default 3e-4, 1e-3, 3e-3, 1e-2).")] = None,
+    steps: Annotated[int, typer.Option(min=1, help="Step budget per run (early stop at 99%).")] = 2000,
+    workers: Annotated[int, typer.Option(min=1, help="Processes sharing the grid (one thread each).")] = 1,
+    table_only: Annotated[bool, typer.Option("--table", help="Only collect and print the table.")] = False,
+    artifacts: ArtifactsOpt = None,
+    progress: ProgressOpt = True,
+):
+    """Issue #16's recall sweep (Zoology's protocol): train the grid's runs not yet finished (resumable;
+    several processes share it), then write the table and figure to <artifacts>/sweeps/recall/."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from workbench.store import Catalog
+    from workbench.zoo import recall_grid
+
+    catalog = Catalog(artifacts)
+    runs = recall_grid.grid(variant, tuple(width or recall_grid.WIDTHS), tuple(lr) if lr else None, steps)
+    if not table_only and workers > 1:
+        args = [a for a in sys.argv[1:] if not a.startswith("--workers")]
+        children = [subprocess.Popen([sys.executable, "-m", "workbench", *args, "--workers", "1"])
+                    for _ in range(workers)]
+        for child in children:
+            child.wait()
+    elif not table_only:
+        torch.set_num_threads(1)
+        for i, spec in enumerate(runs, 1):
+            typer.echo(f"[{i}/{len(runs)}] {spec.name}")
+            row = recall_grid.run_one(spec, catalog.root, progress)
+            if row is None:
+                typer.echo("  held by another process; skipped")
+            else:
+                typer.echo(f"  accuracy {row['accuracy']:.1%} after {row['steps_trained']} steps")
+    table = recall_grid.sweep_table(catalog.root)
+    folder = catalog.root / recall_grid.SWEEP_DIR
+    if len(table):
+        from workbench.store.atomic import atomic_write_text
+
+        atomic_write_text(folder / "figure.json", recall_grid.sweep_figure(table).to_json())
+        atomic_write_text(folder / "table.md", recall_grid.markdown_table(table) + "\n")
+        catalog.register("sweep", "recall", folder, {"runs": len(table), "variants": sorted(table.variant.unique())})
+    typer.echo(recall_grid.markdown_table(table))

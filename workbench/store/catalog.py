@@ -47,7 +47,8 @@ import duckdb
 from workbench.store.atomic import atomic_write_text, read_json
 from workbench.store.locking import LockTimeout, ReadWriteLock, retry_delays
 
-VIEWS = {"model": "models", "run": "runs", "dictionary": "dictionaries", "graph": "graphs", "study": "studies"}
+VIEWS = {"model": "models", "run": "runs", "dictionary": "dictionaries", "graph": "graphs", "study": "studies",
+         "sweep": "sweeps"}
 KINDS = tuple(VIEWS)
 ENV_VAR = "WB_ARTIFACTS"
 MODELS_ENV_VAR = "WB_MODELS"

@@ -16,6 +16,10 @@
    what is trained, on which data, or what the saved optimizer moments mean) is refused, naming it.
 5. A non-finite loss or gradient stops the run with :class:`TrainingDiverged`; no checkpoint is
    written after the last good one.
+6. Optional: ``eval_task`` is measured at each evaluation instead of the training task (a recall model
+   trains on eight queries per row and is judged on one); with ``stop_at`` the run ends at the first
+   evaluation whose accuracy reaches it (early stopping, as the Zoology sweeps), checkpointed and marked
+   so that a resume of the stopped run with ``stop_at`` trains no further (without, it goes on).
 """
 
 from __future__ import annotations
@@ -160,10 +164,11 @@ def _resume(run_dir: Path, config: dict, model, optimizer, cfg: TrainConfig,
 
 
 def train(model_config: dict, task: Task, cfg: TrainConfig, run_dir: str | Path, progress: bool = True,
-          stop_after: int | None = None, log: Callable[[str], None] | None = None) -> TrainResult:
+          stop_after: int | None = None, log: Callable[[str], None] | None = None,
+          eval_task: Task | None = None, stop_at: float | None = None) -> TrainResult:
     """Train (or resume) a model; ``stop_after`` ends the call early at that step, as a kill would,
     after writing a checkpoint (for tests and for splitting long jobs); ``log`` receives notes
-    (a resume that changed settings)."""
+    (a resume that changed settings); ``eval_task`` and ``stop_at``: step 6."""
     run_dir = Path(run_dir)
     cfg.check()  # a dataclass can be changed after it was built
     config = run_config(model_config, task, cfg)
@@ -174,8 +179,11 @@ def train(model_config: dict, task: Task, cfg: TrainConfig, run_dir: str | Path,
     start, state = _resume(run_dir, config, model, optimizer, cfg, log)
     run_dir.mkdir(parents=True, exist_ok=True)
     curves, tokens, elapsed = list(state["curves"]), int(state["tokens"]), float(state["elapsed_s"])
-    eval_batch = task.sample("test", cfg.eval_examples, EVAL_SEED)
+    eval_batch = (eval_task or task).sample("test", cfg.eval_examples, EVAL_SEED)
     end = cfg.steps if stop_after is None else min(cfg.steps, stop_after)
+    stopped_early = state.get("stopped_early")
+    if stopped_early is not None and stop_at is not None:
+        end = start  # step 6: this run already reached its target
     bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc=f"train {model_config['architecture']}",
                unit="step", dynamic_ncols=True)
     t0, tokens_at_t0 = time.perf_counter(), tokens
@@ -188,18 +196,23 @@ def train(model_config: dict, task: Task, cfg: TrainConfig, run_dir: str | Path,
             rate = (tokens - tokens_at_t0) / max(time.perf_counter() - t0, 1e-9)
             bar.set_postfix(loss=f"{loss:.4f}", tok_s=f"{rate:,.0f}")
         if done % cfg.eval_every == 0 or done == cfg.steps:
-            for metric, value in evaluate_batch(model, eval_batch).items():
+            measured = evaluate_batch(model, eval_batch)
+            for metric, value in measured.items():
                 if metric in ("accuracy", "loss", "perplexity", "answer_loss"):
                     curves.append({"step": done, "tokens": tokens, "split": "test", "metric": metric, "value": value})
+            if stop_at is not None and measured["accuracy"] >= stop_at:
+                stopped_early, end = done, done
         if done % cfg.checkpoint_every == 0 or done == end:
             now = elapsed + time.perf_counter() - t0
             save_checkpoint(run_dir, done, model, optimizer, {
                 "config": config, "fingerprint": fingerprint(config), "curves": curves,
-                "tokens": tokens, "elapsed_s": now}, keep=cfg.keep_checkpoints)
+                "tokens": tokens, "elapsed_s": now, "stopped_early": stopped_early}, keep=cfg.keep_checkpoints)
         bar.update(1)
+        if done == end:
+            break
     bar.close()
     elapsed += time.perf_counter() - t0
     metrics = evaluate_batch(model, eval_batch)
     return TrainResult(model.eval(), metrics, pd.DataFrame(curves, columns=["step", "tokens", "split", "metric", "value"]),
                        run_dir, end, tokens, elapsed, resumed_from=start or None,
-                       extra={"resume_changes": state["changes"]})
+                       extra={"resume_changes": state["changes"], "stopped_early": stopped_early})

@@ -108,7 +108,10 @@ def make_card(entry: ZooEntry, task: Task, config: dict, model, metrics: dict, t
 def build_entry(entry: ZooEntry, models_dir: Path, catalog: Catalog, progress: bool = True) -> Path:
     task = task_from_spec(entry.task)
     config = model_config(entry.architecture, task.tokenizer.vocab_size, task.seq_len, **entry.model)
-    result = train(config, task, entry.train, catalog.root / "runs" / entry.name, progress=progress)
+    # the curves measure what the card measures (a recall model trains on eight queries, is judged on one)
+    eval_task = task_from_spec(entry.eval_task) if entry.eval_task else None
+    result = train(config, task, entry.train, catalog.root / "runs" / entry.name, progress=progress,
+                   eval_task=eval_task)
     metrics = measure(result.model, task_from_spec(entry.measured_task), entry.eval_examples)
     card = make_card(entry, task, config, result.model, metrics, result.tokens, result.elapsed_s)
     if entry.sweep:  # positions beyond n_ctx exist only for the recurrent models

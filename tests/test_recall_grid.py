@@ -1,0 +1,130 @@
+"""Issue #16: the short convolution option, the references' initialisation, early stopping, and the
+recall sweep's runs and tables."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+
+from workbench.architectures import build_model, model_config
+from workbench.store.names import sole_writer
+from workbench.training import TrainConfig, train
+from workbench.zoo import recall_grid
+from workbench.zoo.build import task_from_spec
+
+F64 = torch.float64
+VOCAB, CTX = 20, 16
+
+
+def conv_model(arch: str, width: int = 3):
+    config = model_config(arch, VOCAB, CTX, n_layers=2, d_model=8, d_mlp=16, conv_kernel=width, seed=0)
+    return build_model(config).to(F64).eval()
+
+
+@pytest.mark.parametrize("arch", ["mingru", "lstm"])
+def test_short_conv_keeps_causality_and_carried_state(arch):
+    model = conv_model(arch)
+    toks = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
+    full = model(toks)
+    state, pieces = None, []
+    for chunk in toks.split([5, 1, 6], dim=1):  # the conv window and the cell state both carry over
+        logits, state = model(chunk, state=state, return_state=True)
+        pieces.append(logits)
+    assert torch.allclose(torch.cat(pieces, 1), full, atol=1e-12)
+    changed = toks.clone()
+    changed[:, 7] = (changed[:, 7] + 1) % VOCAB
+    after = model(changed)
+    assert torch.equal(after[:, :7], full[:, :7])
+    assert not torch.allclose(after[:, 7], full[:, 7])
+    window, _inner = state[0]
+    assert window.shape == (2, 2, 8)  # width - 1 inputs carried
+
+
+def test_short_conv_mingru_parallel_equals_sequential_and_width_zero_is_plain():
+    mixer = conv_model("mingru").blocks[0].mixer
+    x = torch.randn(2, 9, 8, dtype=F64)
+    (fast, fast_state), (slow, slow_state) = mixer(x), mixer.forward_sequential(x)
+    assert torch.allclose(fast, slow, atol=1e-12)
+    assert torch.allclose(fast_state[1], slow_state[1], atol=1e-12)
+    plain = conv_model("mingru", width=0).blocks[0].mixer
+    assert plain.short_conv.conv is None and torch.is_tensor(plain(x)[1])
+
+
+def test_xlstm_init_follows_the_reference_small_and_wang_inits():
+    d, layers = 96, 2
+    model = build_model(model_config("xlstm", VOCAB, CTX, d_model=d, n_layers=layers, n_heads=4, seed=0))
+    mlstm, slstm = model.blocks[0].mixer, model.blocks[1].mixer
+    small, wang = math.sqrt(2 / (5 * d)), 2 / layers / math.sqrt(d)
+    for weight, expected in [(mlstm.q_proj.weight, small), (mlstm.k_proj.weight, small),
+                             (mlstm.v_proj.weight, small), (mlstm.proj_up.weight, small),
+                             (slstm.W_i.weight, small), (slstm.W_o.weight, small),
+                             (mlstm.proj_down.weight, wang), (model.blocks[1].mlp.proj_down.weight, wang)]:
+        assert weight.std().item() == pytest.approx(expected, rel=0.12)
+    # the old fan-in init would give blocks of 4 a std of sqrt(2 / 20) = 0.32, 4.9x the reference's
+    assert mlstm.q_proj.weight.std().item() < 0.1
+
+
+def test_mamba_rescales_its_residual_outputs_as_the_reference():
+    config = model_config("mamba", VOCAB, CTX, d_model=32, n_layers=3, d_mlp=64, seed=0)
+    model = build_model(config)
+    fan_in = model.blocks[0].mixer.out_proj.in_features
+    default_std = 1 / math.sqrt(3 * fan_in)  # PyTorch's Linear default: uniform(+-1/sqrt(fan_in))
+    for block in model.blocks:
+        assert block.mixer.out_proj.weight.std().item() == pytest.approx(default_std / math.sqrt(2 * 3), rel=0.1)
+        assert torch.count_nonzero(block.mlp.W_out.bias) == 0
+
+
+def test_early_stop_ends_at_the_first_evaluation_that_reaches_the_target(tmp_path):
+    task = task_from_spec({"name": "recall_multi", "n_queries": 2, "n_pairs": 2})
+    config = model_config("mingru", task.tokenizer.vocab_size, task.seq_len, d_model=8, d_mlp=16)
+    cfg = TrainConfig(steps=12, batch_size=8, eval_every=4, checkpoint_every=100, eval_examples=16, warmup_steps=1)
+    eval_task = task_from_spec({"name": "recall", "n_pairs": 2})
+    result = train(config, task, cfg, tmp_path / "run", progress=False, eval_task=eval_task, stop_at=0.0)
+    assert result.steps == 4 and result.extra["stopped_early"] == 4
+    again = train(config, task, cfg, tmp_path / "run", progress=False, eval_task=eval_task, stop_at=0.0)
+    assert again.steps == 4 and again.resumed_from == 4  # a stopped run trains no further
+    goes_on = train(config, task, cfg, tmp_path / "run", progress=False)
+    assert goes_on.steps == 12
+    unreachable = train(config, task, cfg, tmp_path / "other", progress=False, eval_task=eval_task, stop_at=1.01)
+    assert unreachable.steps == 12 and unreachable.extra["stopped_early"] is None
+
+
+def test_a_grid_run_records_its_result_once_and_skips_a_held_run(tmp_path, monkeypatch):
+    monkeypatch.setattr(recall_grid, "MEASURE_EXAMPLES", 50)
+    spec = recall_grid.RunSpec("mingru-conv4", 8, 3e-3, steps=3)
+    row = recall_grid.run_one(spec, tmp_path)
+    assert row["steps_trained"] == 3 and 0.0 <= row["accuracy"] <= 1.0 and row["examples"] == 50
+    assert json.loads((recall_grid.run_dir(tmp_path, spec) / "result.json").read_text())["run"] == spec.name
+    assert recall_grid.run_one(spec, tmp_path) == row  # finished: read back, not retrained
+    other = recall_grid.RunSpec("lstm", 8, 1e-3, steps=3)
+    with sole_writer(recall_grid.run_dir(tmp_path, other), "test"):
+        assert recall_grid.run_one(other, tmp_path) is None
+    table = recall_grid.sweep_table(tmp_path)
+    assert list(table.run) == [spec.name]
+    assert (tmp_path / recall_grid.SWEEP_DIR / "table.parquet").is_file()
+
+
+def test_grid_order_and_unknown_variant():
+    runs = recall_grid.grid(["lstm-conv4", "transformer"], widths=(64, 128))
+    assert [r.d_model for r in runs] == [64] * 5 + [128] * 5  # cheapest first
+    assert {r.lr for r in runs if r.variant == "transformer"} == set(recall_grid.REFERENCE_LRS)
+    with pytest.raises(ValueError, match="unknown recall-sweep variant.*choose from: rwkv"):
+        recall_grid.grid(["rwvk"])
+
+
+def test_best_rows_smallest_solving_and_the_markdown_table():
+    rows = [("mamba", 64, 1e-3, 0.30, 2000), ("mamba", 64, 3e-3, 0.41, 2000), ("mamba", 128, 1e-3, 0.97, 750),
+            ("mamba", 128, 3e-3, 0.99, 500), ("lstm", 64, 1e-3, 0.25, 2000), ("lstm", 128, 1e-3, 0.5, 2000)]
+    table = pd.DataFrame(rows, columns=["variant", "d_model", "lr", "accuracy", "steps_trained"])
+    table["params"] = table.d_model * 1000
+    best = recall_grid.best_rows(table)
+    assert best.set_index(["variant", "d_model"]).loc[("mamba", 128), "lr"] == 3e-3
+    solving = recall_grid.smallest_solving(table)
+    assert set(solving) == {"mamba"} and solving["mamba"]["d_model"] == 128
+    text = recall_grid.markdown_table(table)
+    assert "| mamba | 41.0% (lr 0.003, 2000 steps; 2 lr) | 99.0% (lr 0.003, 500 steps; 2 lr) |" in text
+    assert recall_grid.sweep_figure(table).data[0].name in {"lstm", "mamba"}

@@ -1,0 +1,206 @@
+"""The recall sweep in the Zoology manner (issue #16): which models solve single-query recall, at
+which width and learning rate.
+
+Zoology (Arora et al. 2023) trains each mixer at several widths, sweeps the learning rate at each, and
+plots the best accuracy against d_model. We do the same on the zoo's recall recipe:
+
+1. The grid: architecture variants (:data:`VARIANTS`: the four recurrent mixers, minGRU and LSTM also
+   with a short causal convolution in front, Mamba with a larger state; the Transformer and xLSTM as
+   references) x d_model (64, 128, 256) x learning rates (:data:`LRS`). 2 layers, d_mlp = 4 d_model.
+2. Each point is one run of the shared trainer (:func:`workbench.training.train`) on ``recall_multi``
+   (eight queries a row, the zoo's recipe), evaluated every ``eval_every`` steps on single-query
+   ``recall`` and stopped early at 99% (:data:`STOP_AT`). A finished run is measured on 2,000 test rows,
+   as the zoo cards are, and writes ``result.json`` (atomic).
+3. Runs live in ``<artifacts>/sweeps/recall/runs/<run>/``. A process claims a run with the folder's
+   writer lock (:func:`workbench.store.names.sole_writer`), so several processes share one grid (each
+   skips runs another holds or finished), and a killed run resumes from its checkpoint.
+4. :func:`sweep_table` collects every ``result.json`` into ``table.parquet``; :func:`best_rows` keeps the
+   best learning rate per (variant, d_model), the points of Zoology's plot (:func:`sweep_figure`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from workbench.architectures import count_parameters, model_config
+from workbench.store.atomic import atomic_write_parquet, atomic_write_text
+from workbench.store.names import FolderBusy, sole_writer
+from workbench.training import TrainConfig, train
+from workbench.zoo.build import measure, task_from_spec
+
+# name -> (architecture, model overrides, training task). The recurrent models at the zoo's settings
+# (Mamba with expand 1: the [B, T, d_inner, N] scan dominates its CPU cost).
+RECALL_MULTI = {"name": "recall_multi", "n_queries": 8}
+VARIANTS: dict[str, tuple[str, dict, dict]] = {
+    "rwkv": ("rwkv", {}, RECALL_MULTI),
+    "mamba": ("mamba", {"expand": 1, "d_state": 16}, RECALL_MULTI),
+    "mamba-N64": ("mamba", {"expand": 1, "d_state": 64}, RECALL_MULTI),
+    "mingru": ("mingru", {}, RECALL_MULTI),
+    "mingru-conv4": ("mingru", {"conv_kernel": 4}, RECALL_MULTI),
+    "lstm": ("lstm", {}, RECALL_MULTI),
+    "lstm-conv4": ("lstm", {"conv_kernel": 4}, RECALL_MULTI),
+    "mingru-conv4-curriculum": ("mingru", {"conv_kernel": 4}, {"name": "recall", "min_pairs": 1}),
+    "transformer": ("transformer", {"n_heads": 4}, RECALL_MULTI),
+    "xlstm": ("xlstm", {"n_heads": 4, "slstm_at": []}, RECALL_MULTI),
+}
+MAIN_VARIANTS = ("rwkv", "mamba", "mingru", "mingru-conv4", "lstm", "lstm-conv4")
+REFERENCES = ("transformer", "xlstm")
+WIDTHS = (64, 128, 256)
+LRS = (3e-4, 1e-3, 3e-3, 1e-2)
+REFERENCE_LRS = (3e-3,)
+STOP_AT = 0.99
+EVAL_TASK = {"name": "recall"}
+MEASURE_EXAMPLES = 2000
+SWEEP_DIR = Path("sweeps") / "recall"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    variant: str
+    d_model: int
+    lr: float
+    steps: int = 2000
+    seed: int = 0
+
+    @property
+    def name(self) -> str:
+        return f"{self.variant}-d{self.d_model}-lr{self.lr:g}"
+
+    def model_overrides(self) -> dict:
+        _arch, extra, _task = VARIANTS[self.variant]
+        return {"n_layers": 2, "d_model": self.d_model, "d_mlp": 4 * self.d_model, **extra}
+
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(steps=self.steps, batch_size=64, lr=self.lr, warmup_steps=100, eval_every=250,
+                           checkpoint_every=250, seed=self.seed)
+
+
+def check_variants(names) -> list[str]:
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise ValueError(f"unknown recall-sweep variant(s) {unknown}; choose from: {', '.join(VARIANTS)}")
+    return list(names)
+
+
+def grid(variants=None, widths=WIDTHS, lrs=None, steps: int = 2000) -> list[RunSpec]:
+    """The runs, cheapest first (by width, then variant, then learning rate); references at one rate."""
+    variants = check_variants(variants or (*MAIN_VARIANTS, *REFERENCES))
+    runs = [RunSpec(v, w, lr, steps) for w in widths for v in variants
+            for lr in (lrs or (REFERENCE_LRS if v in REFERENCES else LRS))]
+    return runs
+
+
+def run_dir(root: Path, spec: RunSpec) -> Path:
+    return root / SWEEP_DIR / "runs" / spec.name
+
+
+def run_one(spec: RunSpec, root: Path, progress: bool = False) -> dict | None:
+    """Train, measure and record one grid point; ``None`` if another process holds it right now."""
+    folder = run_dir(root, spec)
+    done = folder / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    try:
+        with sole_writer(folder, "recall-sweep run"):
+            if done.is_file():  # finished while we waited for nothing (the lock is non-blocking)
+                return json.loads(done.read_text())
+            return _train_and_measure(spec, folder, progress)
+    except FolderBusy:
+        return None
+
+
+def _train_and_measure(spec: RunSpec, folder: Path, progress: bool) -> dict:
+    arch, _extra, task_spec = VARIANTS[spec.variant]
+    task, eval_task = task_from_spec(task_spec), task_from_spec(EVAL_TASK)
+    config = model_config(arch, task.tokenizer.vocab_size, task.seq_len, **spec.model_overrides())
+    started = time.perf_counter()
+    result = train(config, task, spec.train_config(), folder, progress=progress, eval_task=eval_task,
+                   stop_at=STOP_AT)
+    measured = measure(result.model, eval_task, MEASURE_EXAMPLES)
+    curve = result.curves[(result.curves.split == "test") & (result.curves.metric == "accuracy")]
+    row = {**asdict(spec), "run": spec.name, "architecture": arch, "params": count_parameters(result.model),
+           "steps_trained": result.steps, "stopped_early": result.extra.get("stopped_early"),
+           "accuracy": measured["test_accuracy"], "answer_loss": measured["test_answer_loss"],
+           "examples": measured["test_examples"], "train_seconds": round(result.elapsed_s, 1),
+           "wall_seconds": round(time.perf_counter() - started, 1),
+           "curve": [[int(s), round(float(v), 4)] for s, v in zip(curve.step, curve.value, strict=True)],
+           "torch_threads": torch.get_num_threads()}
+    atomic_write_text(folder / "result.json", json.dumps(row, indent=1))
+    return row
+
+
+def sweep_table(root: Path) -> pd.DataFrame:
+    """Every finished run's row (step 4), written to ``table.parquet`` beside the runs."""
+    rows = [json.loads(p.read_text()) for p in sorted((root / SWEEP_DIR / "runs").glob("*/result.json"))]
+    table = pd.DataFrame(rows)
+    if len(table):
+        table = table.drop(columns=["curve"]).sort_values(["variant", "d_model", "lr"]).reset_index(drop=True)
+        atomic_write_parquet(root / SWEEP_DIR / "table.parquet", table)
+    return table
+
+
+def best_rows(table: pd.DataFrame) -> pd.DataFrame:
+    """The best run per (variant, d_model): highest accuracy, then fewest steps."""
+    if not len(table):
+        return table
+    ranked = table.sort_values(["accuracy", "steps_trained"], ascending=[False, True])
+    return ranked.groupby(["variant", "d_model"], as_index=False).first().sort_values(["variant", "d_model"])
+
+
+def smallest_solving(table: pd.DataFrame, target: float = 0.95) -> dict[str, dict]:
+    """Per variant, the smallest d_model (then fewest parameters) whose best run reaches ``target``."""
+    best = best_rows(table)
+    out = {}
+    for variant, rows in best.groupby("variant"):
+        solving = rows[rows.accuracy >= target].sort_values(["d_model", "params"])
+        if len(solving):
+            out[variant] = solving.iloc[0].to_dict()
+    return out
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    """Best accuracy per variant (rows) and d_model (columns), with the learning rate that reached it."""
+    best = best_rows(table)
+    if not len(best):
+        return "(no finished runs)"
+    widths = sorted(best.d_model.unique())
+    lines = ["| variant | " + " | ".join(f"d_model {w}" for w in widths) + " |",
+             "|---|" + "---|" * len(widths)]
+    for variant, rows in best.groupby("variant", sort=False):
+        cells = []
+        for w in widths:
+            hit = rows[rows.d_model == w]
+            if not len(hit):
+                cells.append("-")
+                continue
+            r = hit.iloc[0]
+            tried = int(((table.variant == variant) & (table.d_model == w)).sum())
+            cells.append(f"{r.accuracy:.1%} (lr {r.lr:g}, {int(r.steps_trained)} steps; {tried} lr)")
+        lines.append(f"| {variant} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def sweep_figure(table: pd.DataFrame):
+    """Zoology's plot: best single-query recall accuracy against d_model, one line per variant."""
+    import plotly.graph_objects as go
+
+    best = best_rows(table)
+    fig = go.Figure()
+    for variant, rows in best.groupby("variant"):
+        fig.add_trace(go.Scatter(x=rows.d_model, y=rows.accuracy, mode="lines+markers", name=variant,
+                                 text=[f"lr {lr:g}" for lr in rows.lr]))
+    fig.update_layout(title="Single-query recall (8 pairs, 28 tokens): best over learning rates",
+                      xaxis={"title": "d_model", "type": "log", "tickvals": list(WIDTHS)},
+                      yaxis={"title": "exact match", "range": [0, 1.02]},
+                      legend={"orientation": "h", "y": -0.2})
+    return fig
+
+
+__all__ = ["LRS", "VARIANTS", "WIDTHS", "RunSpec", "best_rows", "grid", "markdown_table", "run_one",
+           "smallest_solving", "sweep_figure", "sweep_table"]
