@@ -22,7 +22,8 @@ projections, a bias on the conv. The residual outputs are rescaled at init as th
 ``_init_weights(rescale_prenorm_residual=True)``: out_proj's weight (PyTorch's default draw) divided by
 sqrt(n_residuals_per_layer * n_layers), with 2 residual branches per layer here (mixer and MLP, as the
 reference's MambaLMHeadModel counts them when a block has an MLP), and the MLP's output weight with it;
-the MLP's biases start at 0 (the reference zeroes every Linear bias except dt_proj's). ``A_log`` and ``D`` carry ``_no_weight_decay`` as in the reference
+the MLP's biases start at 0 (the reference zeroes every Linear bias except dt_proj's). ``A_log`` and
+``D`` carry ``_no_weight_decay`` as in the reference
 (a trainer that honours it keeps weight decay from pulling the decay rates toward A = -1).
 
 Gate form: every data-dependent factor is hooked (conv gate, dt, B, C, decay, out gate). Frozen, the
@@ -54,7 +55,9 @@ only ``[B, N, d_inner]`` per chunk is kept for backward; the decays are computed
 Double backward goes through the materialised form. At the benchmark's size (benchmarks/scan.py,
 T = 256, batch 16, one thread) the scan's forward+backward went from ~490 ms to ~38 ms per layer and
 the whole model's training step ~5.5x faster; the tests hold the two paths and the recurrence equal in
-float64, gradients included (tests/test_mamba_scan.py, tests/test_recurrent_basic.py).
+float64, gradients included (tests/test_mamba_scan.py, tests/test_recurrent_basic.py). The fused scan's
+code lives in ``workbench/kernels/selective_scan.py`` (its torch path) and :func:`selective_scan` reaches
+it through the kernel dispatcher, which runs the Triton kernel instead on a GPU.
 
 Shared coefficients. Attribution (workbench/attribution/attribute.py) runs the frozen model on a batch
 of copies of one prompt, and gate freezing hands every copy the prompt's dt, B and C expanded over the
@@ -117,7 +120,9 @@ from workbench.architectures.components import (
     silu_gate_form,
 )
 from workbench.architectures.gate_form import batch_shared
-from workbench.architectures.scan import linear_scan, patchable_linear_scan
+from workbench.architectures.scan import patchable_linear_scan
+from workbench.kernels import dispatch
+from workbench.kernels.selective_scan import selective_scan_materialised as _materialised  # noqa: F401 (the tests' reference)
 
 DEFAULTS = {
     **BLOCK_DEFAULTS,
@@ -144,101 +149,6 @@ KERNEL_MAX_ELEMENTS = 1 << 25
 def _is_hooked(hook: HookPoint) -> bool:
     """Whether anything can read or change the hook's value (as :func:`~.scan.hook_patch_mask` asks)."""
     return bool(hook._forward_hooks or hook._backward_hooks)
-
-
-def _materialised(dt, x, A, B, C, h0):
-    """The selective scan as the hooked path computes it, every [B, T, d_inner, N] tensor in memory."""
-    states = linear_scan(torch.exp(dt.unsqueeze(-1) * A), (dt * x).unsqueeze(-1) * B.unsqueeze(2), h0)
-    return (states * C.unsqueeze(2)).sum(-1), states[:, -1]
-
-
-def _time_major(*tensors: torch.Tensor) -> list[torch.Tensor]:
-    return [t.transpose(0, 1).contiguous() for t in tensors]
-
-
-def _chunk_states(decay, states, dt, dtx, A2, B, h):
-    """One chunk's decays ``exp(dt A) = 2^(dt A log2 e)`` and states, written into the buffers
-    ``decay``, ``states`` ``[n, B, N, d_inner]``, continuing from the state ``h`` ``[B, N, d_inner]``."""
-    torch.mul(dt[:, :, None, :], A2, out=decay).exp2_()  # exp2: the same value, 3x cheaper than exp here
-    torch.mul(B[:, :, :, None], dtx[:, :, None, :], out=states)  # the inputs, made the states in place
-    for h_t, decay_t in zip(states.unbind(0), decay.unbind(0), strict=True):
-        h = h_t.addcmul_(decay_t, h)
-
-
-class _SelectiveScan(torch.autograd.Function):
-    """``y_t = sum_n C_t[n] h_t[n]`` with ``h_t = exp(dt_t A) h_{t-1} + B_t (dt_t x_t)``, chunk by chunk.
-
-    Inside, tensors are time-major with d_inner last (states ``[T, B, N, d_inner]``), so that one
-    position's state is one contiguous slice and the contractions over N are vector adds. The chunk's
-    decays and states live in two reused ``[chunk, B, N, d_inner]`` buffers; the forward pass keeps only
-    the state entering each chunk (``[B, N, d_inner]``), and the backward pass recomputes a chunk's decays
-    and states from it, runs the reverse recurrence ``g_t = C_t dL/dy_t + exp(dt_{t+1} A) g_{t+1}``
-    (g_t = dL/dh_t) over the chunk, and contracts (module docstring, "Fused selective scan").
-    """
-
-    @staticmethod
-    def forward(ctx, dt, x, A, B, C, h0, chunk):
-        batch, steps, d_inner = x.shape
-        d_state = A.shape[1]
-        A2 = A.t() * LOG2_E  # [N, d_inner]
-        dt_t, dtx_t, B_t, C_t = _time_major(dt, dt * x, B, C)  # [T, B, d_inner] / [T, B, N]
-        if h0 is None:
-            h = x.new_zeros(batch, d_state, d_inner)
-        else:
-            h = h0.transpose(-1, -2).expand(batch, d_state, d_inner)
-        decay, states = (x.new_empty(chunk, batch, d_state, d_inner) for _ in range(2))
-        y, starts = x.new_empty(steps, batch, d_inner), []
-        for s in range(0, steps, chunk):
-            e = min(s + chunk, steps)
-            starts.append(h)
-            _chunk_states(decay[:e - s], states[:e - s], dt_t[s:e], dtx_t[s:e], A2, B_t[s:e], h)
-            torch.matmul(C_t[s:e, :, None, :], states[:e - s], out=y[s:e, :, None, :])
-            h = states[e - s - 1].clone()
-        ctx.save_for_backward(dt, x, A, B, C, h0)
-        ctx.chunk, ctx.starts = chunk, starts
-        return y.transpose(0, 1), h.transpose(-1, -2)
-
-    @staticmethod
-    def backward(ctx, grad_y, grad_h):
-        dt, x, A, B, C, h0 = ctx.saved_tensors
-        if torch.is_grad_enabled():  # double backward: differentiate the materialised form instead
-            inputs = [t for t in (dt, x, A, B, C, h0) if t is not None]
-            with torch.enable_grad():
-                grads = iter(torch.autograd.grad(_materialised(dt, x, A, B, C, h0), inputs, (grad_y, grad_h),
-                                                 create_graph=True, allow_unused=True))
-            return (*(None if t is None else next(grads) for t in (dt, x, A, B, C, h0)), None)
-        chunk, starts = ctx.chunk, ctx.starts
-        batch, steps, d_inner = x.shape
-        A_t = A.t().contiguous()
-        A2 = A_t * LOG2_E
-        dt_t, dtx_t, B_t, C_t, gy_t = _time_major(dt, dt * x, B, C, grad_y)
-        g_dt, g_dtx, g_B, g_C = (torch.empty_like(t) for t in (dt_t, dtx_t, B_t, C_t))
-        decay, states, g, g_A = (x.new_empty(chunk, batch, A.shape[1], d_inner) for _ in range(4))
-        g_A.zero_()  # dL/dA summed over the chunks, per chunk position and batch row until the end
-        carry = grad_h.transpose(-1, -2).contiguous()  # dL/dh_{e-1} from everything after the chunk
-        for k in range(len(starts) - 1, -1, -1):
-            s = k * chunk
-            e = min(s + chunk, steps)
-            a, h, gk = decay[:e - s], states[:e - s], g[:e - s]
-            _chunk_states(a, h, dt_t[s:e], dtx_t[s:e], A2, B_t[s:e], starts[k])
-            torch.mul(C_t[s:e, :, :, None], gy_t[s:e, :, None, :], out=gk)  # made dL/dh_t in place
-            g_next = gk[-1].add_(carry)
-            g_rows, a_rows = gk.unbind(0), a.unbind(0)
-            for i in range(e - s - 2, -1, -1):
-                g_next = g_rows[i].addcmul_(a_rows[i + 1], g_next)
-            torch.mul(a[0], gk[0], out=carry)
-            torch.matmul(gy_t[s:e, :, None, :], h.transpose(-1, -2), out=g_C[s:e, :, None, :])
-            torch.matmul(B_t[s:e, :, None, :], gk, out=g_dtx[s:e, :, None, :])
-            torch.matmul(dtx_t[s:e, :, None, :], gk.transpose(-1, -2), out=g_B[s:e, :, None, :])
-            g_log = gk.mul_(a)  # dL/d(dt_t A) = g_t exp(dt_t A) h_{t-1}
-            g_log[1:].mul_(h[:-1])
-            g_log[0].mul_(starts[k])
-            g_A[:e - s].addcmul_(g_log, dt_t[s:e, :, None, :])
-            torch.sum(g_log.mul_(A_t), -2, out=g_dt[s:e])
-        g_dt, g_dtx = g_dt.transpose(0, 1), g_dtx.transpose(0, 1)
-        g_h0 = carry.transpose(-1, -2).sum_to_size(h0.shape) if h0 is not None and ctx.needs_input_grad[5] else None
-        return (g_dt + g_dtx * x, g_dtx * dt, g_A.sum((0, 1)).t(), g_B.transpose(0, 1), g_C.transpose(0, 1),
-                g_h0, None)
 
 
 def _use_shared_kernel(dt: torch.Tensor, x: torch.Tensor, B: torch.Tensor, C: torch.Tensor) -> bool:
@@ -331,7 +241,9 @@ def selective_scan(dt: torch.Tensor, x: torch.Tensor, A: torch.Tensor, B: torch.
     batch, steps, d_inner = x.shape
     per_position = batch * d_inner * A.shape[1]
     chunk = max(1, min(steps, CHUNK_ELEMENTS * torch.get_num_threads() // per_position))
-    return _SelectiveScan.apply(dt, x, A, B, C, h0, chunk)
+    # The kernel dispatcher: the chunked torch path on the CPU (chunks sized to the cache here), the
+    # Triton kernel with its own checkpoint interval on a GPU (workbench/kernels/selective_scan.py).
+    return dispatch.selective_scan(dt, x, A, B, C, h0, chunk=None if x.is_cuda else chunk)
 
 
 class SelectiveSSM(nn.Module):

@@ -114,6 +114,8 @@ def build_entry(entry: ZooEntry, models_dir: Path, catalog: Catalog, progress: b
                    eval_task=eval_task)
     metrics = measure(result.model, task_from_spec(entry.measured_task), entry.eval_examples)
     card = make_card(entry, task, config, result.model, metrics, result.tokens, result.elapsed_s)
+    if eval_task is not None:  # the app's caption says which task the test curves measure
+        card["curves_test_task"] = eval_task.spec()
     if entry.sweep:  # positions beyond n_ctx exist only for the recurrent models
         card["sweep"] = recall_sweep(result.model, config["n_ctx"] if entry.architecture == "transformer" else None)
     folder = save_model_folder(models_dir / entry.name, result.model, config, task.tokenizer, card, result.curves)
