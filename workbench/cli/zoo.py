@@ -41,6 +41,8 @@ def zoo_dicts(
     rescore: Annotated[bool, typer.Option(help="Re-score the graphs of dictionaries already present.")] = False,
     remeasure: Annotated[bool, typer.Option(help="Re-measure FVU/L0/agreement of dictionaries already present "
                                                  "(no retraining).")] = False,
+    features: Annotated[bool, typer.Option("--features", help="Rewrite the feature data of dictionaries already "
+                                                              "present (no retraining).")] = False,
     progress: ProgressOpt = True,
     models: ModelsOpt = None,
     artifacts: ArtifactsOpt = None,
@@ -55,7 +57,7 @@ def zoo_dicts(
     folders = [models_dir / n for n in only] if only else sorted(p.parent for p in models_dir.glob("*/card.json"))
     for folder in folders:
         build_model_dictionaries(folder, Catalog(artifacts), recipe, force, progress, log=typer.echo, rescore=rescore,
-                                 remeasure_only=remeasure)
+                                 remeasure_only=remeasure, refeature=features)
         write_zoo_readme(models_dir)
     typer.echo(zoo_table(models_dir))
 

@@ -257,13 +257,14 @@ def evaluate_set(bundle: ModelBundle, folder: Path, n_eval: int = 256, batch_siz
 
 
 def write_features(bundle: ModelBundle, folder: Path, catalog: Catalog, n_sequences: int = 128,
-                   seed: int = 0) -> dict:
-    """Feature data of every member (see :mod:`.features`), written under the set folder and catalogued."""
+                   seed: int = 0, **context_options) -> dict:
+    """Feature data of every member (see :mod:`.features`), written under the set folder and catalogued;
+    ``context_options`` (``n_top``, ``n_per_band``, ``window``, ...) go to :func:`.features.feature_data`."""
     folder = Path(folder)
     dictionaries, meta = load_set_for_model(bundle, folder)
     task = bundle_task(bundle)
     tokens = task.sample("train", n_sequences, seed).tokens
-    frames = feature_data(bundle.model, dictionaries, tokens, bundle.tokenizer, seed=seed)
+    frames = feature_data(bundle.model, dictionaries, tokens, bundle.tokenizer, seed=seed, **context_options)
     f = frames["features"]
     summary = {"model": str(bundle.folder), "n_sequences": n_sequences, "seed": seed,
                "n_tokens": int((tokens != task.tokenizer.pad_id).sum()), "n_features": len(f),

@@ -54,6 +54,9 @@ COMMON = {"activation": "topk", "k": 16, "n_features": 512, "steps": 1500, "batc
           "n_sequences": 2048}
 RECIPES = {"transcoders": {"kind": "transcoder", **COMMON}, "clt": {"kind": "clt", **COMMON}}
 N_GRAPH_PROMPTS = 20
+# The committed feature data keeps the 8 strongest contexts and 2 per quantile band (the library's default
+# 10 and 5 made the feature files half of models/, whose budget is 50 MB; issue #13).
+ZOO_CONTEXTS = {"n_top": 8, "n_per_band": 2}
 COMMITTED_DTYPE = torch.float16
 VALIDATION_TOP_K = 10
 NODE_THRESHOLD, EDGE_THRESHOLD = 0.8, 0.98
@@ -151,9 +154,10 @@ def remeasure(bundle: ModelBundle, folder: Path) -> dict:
 
 def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list[str] | None = None,
                              force: bool = False, progress: bool = True, log=print, rescore: bool = False,
-                             remeasure_only: bool = False) -> dict:
+                             remeasure_only: bool = False, refeature: bool = False) -> dict:
     """Steps 1-3 for one zoo model; recipes already published are skipped unless ``force`` (or only
-    re-scored, step 3, with ``rescore``; or only re-measured with ``remeasure_only``)."""
+    re-scored, step 3, with ``rescore``; or only re-measured with ``remeasure_only``; or their feature
+    data rewritten with ``refeature``)."""
     bundle = load_model_folder(model_folder)
     card_path = Path(model_folder) / "card.json"
     for name in recipes or list(RECIPES):
@@ -168,11 +172,14 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
                 card["dictionaries"][name] = card_entry(card["dictionaries"][name]["recipe"],
                                                         remeasure(bundle, final), graphs)
                 write_card(model_folder, card)
+            if refeature:
+                log(f"{bundle.name}/{name}: rewriting feature data")
+                write_features(bundle, final, catalog, **ZOO_CONTEXTS)
             if rescore:
                 log(f"{bundle.name}/{name}: re-scoring graphs on {N_GRAPH_PROMPTS} test prompts")
                 card["dictionaries"][name]["graphs"] = score_graphs(bundle, final)
                 write_card(model_folder, card)
-            elif not remeasure_only:
+            elif not (remeasure_only or refeature):
                 log(f"{bundle.name}/{name}: present, skipped")
             continue
         r = RECIPES[name]
@@ -182,7 +189,7 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
                   r["lr"], scratch, "store", r["n_sequences"], catalog, progress=progress)
         _publish(scratch, final)
         remeasure(bundle, final)  # the published float16 weights, not the trainer's float32 ones
-        write_features(bundle, final, catalog)
+        write_features(bundle, final, catalog, **ZOO_CONTEXTS)
         log(f"{bundle.name}/{name}: scoring graphs on {N_GRAPH_PROMPTS} test prompts")
         graphs = score_graphs(bundle, final)
         card.setdefault("dictionaries", {})[name] = card_entry(r, read_json(final / SET_FILE), graphs)
