@@ -15,21 +15,28 @@ import widgets
 
 INTRO = """
 Every architecture the workbench trains (transformer, RWKV, Mamba, xLSTM, minGRU, LSTM) exposes the same
-named hooks, so one set of instruments applies to all of them. This app browses the model zoo and its
-training curves, the sparse features of the transcoders that replace the models' MLPs, and attribution
-graphs of a prompt's computation; it intervenes on those graphs' features, and runs and shows patching,
-ablation, causal-tracing and steering studies.
+named hooks, so one set of instruments applies to all of them. This app browses what the workbench has
+made; each page below says what it does.
 """
 
-# What each page does, by its file's stem; a page missing here is listed with its name only.
+# What each page does, by its file's stem: only what the page itself does (tests/test_app_fixes.py holds
+# every page to a note here and each named intervention method to one the Interventions page offers).
 PAGE_NOTES = {
     "1_Models": "the zoo table, each card's metrics and training curves, comparisons",
-    "2_Features": "a dictionary's features: density, top-activating contexts, histograms, logit effects",
-    "3_Attribution_graph": "open, build or import a graph; inspect nodes, pin and group them; intervene on "
-                           "its features (ablate, scale, set, swap) beside the graph's prediction",
-    "4_Interventions": "run a patching sweep, an ablation, causal tracing or steering on prompt pairs as a "
+    "2_Features": "a dictionary's features: labels (automatic or your own), density, top-activating contexts, "
+                  "histograms, logit effects, activations on a typed text, and the graphs that draw each one",
+    "3_Attribution_graph": "open, build or import an attribution graph; inspect nodes, pin and group them; "
+                           "intervene on its features beside the graph's prediction",
+    "4_Interventions": "run activation patching, ablation, causal tracing or steering on prompt pairs as a "
                        "stored study; open any stored study",
+    "5_RASP": "compile a RASP program into an exact transformer, look inside it, run an input, and compare "
+              "it with a trained model of its task",
+    "6_Energy": "an energy-based transformer's energy landscape over its prediction on a 3-token toy, with "
+                "its descent paths, and the zoo's energy-based models' accuracy against inference steps",
 }
+# The methods the Interventions page's note names, as the page registers them (workbench.studies.methods).
+NOTED_METHODS = {"activation patching": "patch", "ablation": "ablate", "causal tracing": "trace",
+                 "steering": "steer"}
 
 
 def page_label(path: Path) -> str:

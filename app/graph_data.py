@@ -1,7 +1,8 @@
 """What the Attribution graph page draws, as plain data (numpy, no streamlit): the drawn part of a graph
 (:class:`GraphView`) from our :class:`Graph` and its pruning, or from a graph file's nodes and links
-(circuit-tracer / Neuronpedia files without our fields); the draw budget; a node's strongest inputs and
-outputs; pinned subgraphs with supernodes merged; the JSON document the page offers for download.
+(circuit-tracer / Neuronpedia files without our fields); the draw budget; the view state (selection,
+pins, supernodes, thresholds) as the browser, the URL and the saved ``qParams`` hold it; the JSON
+document the page offers for download.
 
 Node ids are the graph files' (``{layer}_{feature}_{pos}``, ``{layer}_-1_{pos}``, ``E_{token}_{pos}``,
 ``{n_layers + 1}_{token}_{last pos}``: graph_file's module docstring), so pins and supernodes picked here
@@ -12,8 +13,10 @@ Rows of the layered view: tokens 0, features and errors of layer ``l`` at ``l + 
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -50,6 +53,7 @@ class GraphView:
     tokens: list[str]
     n_rows: int
     graph_index: np.ndarray | None = None  # index of each node in the Graph, when there is one
+    prob: np.ndarray | None = None  # float: a logit node's probability; NaN for other nodes
     notes: list[str] = field(default_factory=list)  # what the draw budget left out
 
     def __len__(self) -> int:
@@ -118,16 +122,16 @@ def view_from_graph(graph: Graph, pruned: SparsePruned, node_mask: torch.Tensor,
         influence=pruned.cumulative[kept].double().numpy(), address=[n[4] for n in nodes],
         source=position[edges.source[keep]].numpy(), target=position[edges.target[keep]].numpy(),
         weight=edges.weight[keep].double().numpy(), tokens=list(graph.token_strings), n_rows=graph.n_layers + 2,
-        graph_index=kept.numpy(), notes=list(notes or []))
+        graph_index=kept.numpy(), notes=list(notes or []), prob=_logit_probs(graph, kept))
 
 
-def strongest(graph: Graph, edges: Edges, node: int, incoming: bool, k: int = 10) -> list[tuple[int, float]]:
-    """The ``k`` strongest (by |weight|) inputs (``incoming``) or outputs of Graph node ``node``:
-    (other node's index, weight), from the whole graph."""
-    mine = (edges.target if incoming else edges.source) == node
-    others, weights = (edges.source if incoming else edges.target)[mine], edges.weight[mine]
-    order = torch.argsort(weights.abs(), descending=True)[:k]
-    return [(int(others[j]), float(weights[j])) for j in order]
+def _logit_probs(graph: Graph, kept: torch.Tensor) -> np.ndarray:
+    """Each kept node's probability if it is a logit node (the logits are the graph's last nodes)."""
+    first = graph.logit_start
+    out = np.full(len(kept), np.nan)
+    is_logit = (kept >= first).numpy()
+    out[is_logit] = graph.logit_probabilities[kept[kept >= first] - first].double().numpy()
+    return out
 
 
 # ---- from a graph file's nodes and links -------------------------------------------------------------
@@ -199,72 +203,81 @@ def view_from_file(gf: GraphFile, node_threshold: float = 1.0, edge_threshold: f
         source=np.array([position[gf.links[j]["source"]] for j in links], dtype=int),
         target=np.array([position[gf.links[j]["target"]] for j in links], dtype=int),
         weight=np.array([float(gf.links[j]["weight"]) for j in links]), tokens=tokens,
-        n_rows=max(max(rows, default=0) + 1, 2))
-
-
-def view_edges(view: GraphView, node: int, incoming: bool, k: int = 10) -> list[tuple[int, float]]:
-    """:func:`strongest` within the view: (view index of the other node, weight)."""
-    mine = (view.target if incoming else view.source) == node
-    others, weights = (view.source if incoming else view.target)[mine], view.weight[mine]
-    order = np.argsort(-np.abs(weights), kind="stable")[:k]
-    return [(int(others[j]), float(weights[j])) for j in order]
-
-
-# ---- pinned subgraphs and supernodes ----------------------------------------------------------------
-
-def subview(view: GraphView, keep: list[int]) -> GraphView:
-    """The nodes at ``keep`` (view indices) and the view's edges between them."""
-    keep = sorted(set(keep))
-    position = np.full(len(view), -1)
-    position[keep] = np.arange(len(keep))
-    edge = (position[view.source] >= 0) & (position[view.target] >= 0)
-    pick = lambda values: [values[i] for i in keep]
-    return replace(view, ids=pick(view.ids), kinds=pick(view.kinds), labels=pick(view.labels),
-                   row=view.row[keep], pos=view.pos[keep], value=view.value[keep], influence=view.influence[keep],
-                   address=pick(view.address), source=position[view.source[edge]],
-                   target=position[view.target[edge]], weight=view.weight[edge],
-                   graph_index=None if view.graph_index is None else view.graph_index[keep], notes=[])
-
-
-def merge_supernodes(view: GraphView, supernodes: list[list[str]]) -> GraphView:
-    """Each supernode (``[name, node_id, ...]``) drawn as one node at its members' mean place, with their
-    summed edges (edges inside a supernode vanish); a node in two supernodes joins the first."""
-    index, group = view.index_of, np.arange(len(view))
-    names, taken = {}, set()
-    for name, *members in supernodes:
-        found = sorted({index[m] for m in members if m in index} - taken)
-        if found:
-            group[found] = found[0]
-            names[found[0]] = str(name)
-            taken.update(found)
-    heads = sorted(set(group.tolist()))
-    position = {h: j for j, h in enumerate(heads)}
-    members = {h: np.nonzero(group == h)[0] for h in heads}
-    src = np.array([position[g] for g in group[view.source]], dtype=int)
-    tgt = np.array([position[g] for g in group[view.target]], dtype=int)
-    pairs: dict[tuple[int, int], float] = {}
-    for s, t, w in zip(src, tgt, view.weight):
-        if s != t:
-            pairs[(s, t)] = pairs.get((s, t), 0.0) + float(w)
-    merged = replace(subview(view, heads), source=np.array([p[0] for p in pairs], dtype=int),
-                     target=np.array([p[1] for p in pairs], dtype=int), weight=np.array(list(pairs.values())))
-    for h, j in position.items():
-        if h in names:
-            merged.labels[j] = f"{names[h]} (supernode of {len(members[h])})"
-            merged.kinds[j] = "supernode"
-            merged.pos[j] = round(float(view.pos[members[h]].mean()))
-            merged.row[j] = round(float(view.row[members[h]].mean()))
-    return merged
+        n_rows=max(max(rows, default=0) + 1, 2),
+        prob=np.array([_number(n.get("token_prob")) if k == "logit" else math.nan for n, k in zip(nodes, kinds)]))
 
 
 # ---- the download -----------------------------------------------------------------------------------
 
-def view_state(view: GraphView, pins: list[str], supernodes: list[list[str]], clicked: str | None) -> dict:
-    """The viewers' ``qParams`` for what is on screen (ids not drawn are left out)."""
+def view_state(view: GraphView, pins: list[str], supernodes: list[list[str]], clicked: str | None,
+               thresholds: tuple[float, float] | None = None) -> dict:
+    """The viewers' ``qParams`` for what is on screen (ids not drawn are left out), with the thresholds."""
     drawn = set(view.ids)
     groups = [[str(name), *[m for m in members if m in drawn]] for name, *members in supernodes]
-    return {"pinnedIds": [p for p in pins if p in drawn], "supernodes": [g for g in groups if len(g) > 1],
-            "clickedId": clicked if clicked in drawn else ""}
+    state = {"pinnedIds": [p for p in pins if p in drawn], "supernodes": [g for g in groups if len(g) > 1],
+             "clickedId": clicked if clicked in drawn else ""}
+    if thresholds is not None:
+        state["nodeThreshold"], state["edgeThreshold"] = (float(t) for t in thresholds)
+    return state
+
+
+# ---- view state: the browser's, the URL's and the saved qParams ------------------------------------------
+
+def _fraction(value, default: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return default
+    return value if 0.0 <= value <= 1.0 else default
+
+
+def clean_state(state: dict, thresholds: tuple[float, float]) -> dict:
+    """A view state from the browser, a URL or a file's ``qParams`` with its types fixed: ``clickedId``,
+    ``pinnedIds``, ``supernodes`` (``[name, id, ...]``, at least one member), ``nodeThreshold`` and
+    ``edgeThreshold`` (fractions; ``thresholds`` where missing or out of range)."""
+    state = state if isinstance(state, dict) else {}
+    pins = state.get("pinnedIds") if isinstance(state.get("pinnedIds"), list) else []
+    groups = state.get("supernodes") if isinstance(state.get("supernodes"), list) else []
+    return {"clickedId": str(state.get("clickedId") or ""),
+            "pinnedIds": [str(p) for p in pins if isinstance(p, (str, int))],
+            "supernodes": [[str(x) for x in g] for g in groups if isinstance(g, list) and len(g) > 1],
+            "nodeThreshold": _fraction(state.get("nodeThreshold"), thresholds[0]),
+            "edgeThreshold": _fraction(state.get("edgeThreshold"), thresholds[1])}
+
+
+def state_to_query(source: dict[str, str], state: dict) -> dict[str, str]:
+    """URL query parameters for a view: ``source`` (``{"graph": name}`` or ``{"file": path}``), then
+    ``node``, ``pins`` (comma-separated ids; JSON if an id holds a comma), ``groups`` (JSON),
+    ``nt`` and ``et``."""
+    query = dict(source)
+    if state["clickedId"]:
+        query["node"] = state["clickedId"]
+    pins = state["pinnedIds"]
+    if pins:
+        query["pins"] = json.dumps(pins) if any("," in p for p in pins) else ",".join(pins)
+    if state["supernodes"]:
+        query["groups"] = json.dumps(state["supernodes"], ensure_ascii=False, separators=(",", ":"))
+    query["nt"], query["et"] = f"{state['nodeThreshold']:g}", f"{state['edgeThreshold']:g}"
+    return query
+
+
+def _json_list(text: str | None) -> list:
+    try:
+        value = json.loads(text) if text else []
+    except json.JSONDecodeError:
+        return []  # a hand-edited link: what cannot be read is left out, the rest still opens
+    return value if isinstance(value, list) else []
+
+
+def state_from_query(params: Mapping[str, str], thresholds: tuple[float, float]) -> tuple[dict[str, str], dict]:
+    """The inverse of :func:`state_to_query`: (source, state)."""
+    source = {k: str(params[k]) for k in ("graph", "file") if params.get(k)}
+    pins = str(params.get("pins") or "")
+    state = {"clickedId": params.get("node") or "",
+             "pinnedIds": _json_list(pins) if pins.startswith("[") else [p for p in pins.split(",") if p],
+             "supernodes": _json_list(params.get("groups")),
+             "nodeThreshold": params.get("nt"), "edgeThreshold": params.get("et")}
+    return source, clean_state(state, thresholds)
 
 
 def graph_document(graph: Graph, pruned: SparsePruned, node_mask: torch.Tensor, edge_keep: torch.Tensor,
@@ -289,6 +302,7 @@ def file_document(gf: GraphFile, view: GraphView, state: dict) -> dict:
 
 
 def _with_state(doc: dict, state: dict) -> dict:
+    """``doc`` with ``state`` as its ``qParams`` (cut to the file's nodes), checked against the schema."""
     ids = {node["node_id"] for node in doc["nodes"]}  # a file drops nodes left without links
     state = {**state, "pinnedIds": [p for p in state["pinnedIds"] if p in ids],
              "supernodes": [[g[0], *[m for m in g[1:] if m in ids]] for g in state["supernodes"]],

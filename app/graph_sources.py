@@ -1,6 +1,8 @@
 """Where the Attribution graph page gets its graph: a catalogued graph, one built here from a model, a
 dictionary set and a prompt, or an imported graph file (uploaded, or a path under the artifacts root).
-Each returns an :class:`Opened` (or None, with a message on screen saying why).
+Each returns an :class:`Opened` (or None, with a message on screen saying why). A catalogued graph's
+view (selection, pins, supernodes, thresholds) is saved beside it as ``qParams.json`` (:func:`save_view`)
+and opens with it; a URL naming the graph (``?graph=<name>``) or a typed file (``?file=<path>``) picks it.
 
 Every path read is checked: catalogued graphs, models and dictionary sets only inside the artifacts
 root or the zoo (:func:`feature_data.safe_folder`), typed import paths only inside the artifacts root
@@ -17,14 +19,17 @@ from pathlib import Path
 
 import feature_data
 import labels
+import prompt_help
 import streamlit as st
 import widgets
 
 from workbench.attribution.graph import Graph
 from workbench.attribution.graph_file import GraphFile, GraphFileError
+from workbench.store.atomic import atomic_write_json, read_json
 from workbench.store.catalog import artifacts_root, inside_root, models_root
 
 DEFAULT_THRESHOLDS = (0.8, 0.98)
+VIEW_FILE = "qParams.json"  # a catalogued graph's saved view, beside graph.json
 
 
 @dataclass
@@ -38,6 +43,8 @@ class Opened:
     dictionaries: str | None = None  # the set folder the graph was traced with (for feature panels)
     state: dict = field(default_factory=dict)  # qParams read from a file: pins, supernodes
     thresholds: tuple[float, float] = DEFAULT_THRESHOLDS
+    folder: Path | None = None  # a catalogued graph's folder, where its view is saved
+    source: dict = field(default_factory=dict)  # how a URL names it: {"graph": name} or {"file": path}
 
 
 def _stamp(path: Path) -> tuple:
@@ -76,7 +83,25 @@ def open_entry(entry: dict) -> Opened | None:
     meta = entry.get("meta") or {}
     # the stamp in the key: a graph built again under the same name is a new graph to the caches
     return Opened(key=f"catalog:{name}:{stamp}", name=name, graph=graph,
-                  dictionaries=graph.metadata.get("dictionaries"), thresholds=_thresholds(meta))
+                  dictionaries=graph.metadata.get("dictionaries"), thresholds=_thresholds(meta),
+                  state=saved_view(folder), folder=folder, source={"graph": name})
+
+
+def saved_view(folder: Path) -> dict:
+    """The view saved beside a catalogued graph (:func:`save_view`); {} when none or unreadable."""
+    try:
+        state = read_json(folder / VIEW_FILE)
+    except (OSError, RuntimeError):  # RuntimeError: CorruptArtifactError, a damaged file
+        return {}
+    return state if isinstance(state, dict) else {}
+
+
+def save_view(opened: Opened, state: dict) -> Path:
+    """Write ``state`` (the page's ``qParams``) beside the catalogued graph, atomically."""
+    if opened.folder is None:
+        raise ValueError(f"graph {opened.name!r} is not catalogued: download it to keep its view")
+    atomic_write_json(opened.folder / VIEW_FILE, state)
+    return opened.folder / VIEW_FILE
 
 
 def graph_entries() -> list[dict] | None:
@@ -103,6 +128,12 @@ def open_saved() -> Opened | None:
         size = f" · {int(meta['n_nodes']):,} nodes" if widgets.number(meta.get("n_nodes")) is not None else ""
         return f"{labels.clip_words(entries[i]['name'])}{size}"  # the browser would cut it mid-word
 
+    wanted = st.session_state.pop("graph_url_name", None)  # a URL's ?graph=, read once per session
+    names = [str(e["name"]) for e in entries]
+    if wanted in names:
+        st.session_state["graph_pick"] = names.index(wanted)
+    elif wanted:
+        st.warning(f"The link names graph {widgets.md_escape(wanted)}, which is not in the catalog; showing the newest.")
     index = st.selectbox("Graph", range(len(entries)), format_func=label, key="graph_pick")
     return open_entry(entries[index])
 
@@ -121,13 +152,16 @@ def _import_bytes() -> tuple[str, bytes] | None:
     typed = st.text_input("…or the path of a graph file under the artifacts root", key="graph_import_path",
                           placeholder="graphs/<name>/neuronpedia.json")
     if upload is not None:
+        st.session_state.pop("graph_import_typed", None)
         return upload.name, upload.getvalue()
     if not typed.strip():
         st.info("Upload a graph file, or type the path of one under the artifacts root.")
         return None
     try:
         path = inside_root(artifacts_root(), typed.strip())
-        return path.name, path.read_bytes()
+        found = path.name, path.read_bytes()
+        st.session_state["graph_import_typed"] = typed.strip()  # a URL can name a typed path, not an upload
+        return found
     except PermissionError as err:
         st.error(widgets.md_escape(err))
     except OSError:
@@ -147,8 +181,9 @@ def import_file() -> Opened | None:
     except (GraphFileError, ValueError, OSError, EOFError) as err:
         st.error(f"{widgets.md_escape(name)} is not a graph file: {widgets.md_escape(err)}")
         return None
+    typed = st.session_state.get("graph_import_typed")
     opened = Opened(key=f"file:{digest}", name=str(gf.metadata.get("slug") or name), state=dict(gf.qParams),
-                    thresholds=(1.0, 1.0))
+                    thresholds=(1.0, 1.0), source={"file": typed} if typed else {})
     if gf.has_workbench_fields:
         try:
             opened.graph = gf.to_graph()
@@ -214,17 +249,10 @@ def load_bundle(folder: str, stamp: tuple):
 
 
 def example_prompt(bundle) -> str:
-    """A test row of the model's task cut before its last answer token; empty if the task is unknown."""
-    try:
-        from workbench.tasks import make_task
-
-        spec = dict(bundle.card["task"])
-        batch = make_task(spec.pop("name"), **spec).sample("test", 1, 0)
-        answers = batch.answer_mask[0].nonzero().flatten()
-        end = int(answers[-1]) if len(answers) else batch.tokens.shape[1] - 1
-        return bundle.tokenizer.decode(batch.tokens[0, :end].tolist())
-    except Exception:  # noqa: BLE001 - a hint only: a card without a known task gets no example
-        return ""
+    """The first example prompt of the model's own task (:func:`prompt_help.example_prompts`); empty if
+    the card names no task the workbench knows."""
+    examples = prompt_help.example_prompts(bundle.card, bundle.tokenizer.vocab)
+    return examples[0][1] if examples else ""
 
 
 def _pick(label: str, choices: list[tuple[str, Path]], key: str) -> Path:
@@ -234,15 +262,29 @@ def _pick(label: str, choices: list[tuple[str, Path]], key: str) -> Path:
 
 def _prompt_box(bundle, model_folder: Path) -> None:
     """The prompt, pre-filled with an example of the model's task whenever another model is picked (or
-    the box comes back: streamlit forgets a widget's value on runs that do not draw it)."""
+    the box comes back: streamlit forgets a widget's value on runs that do not draw it); a choice of
+    examples from the task, near matches for unknown words, and a searchable vocabulary."""
+    vocab = bundle.tokenizer.vocab
+    examples = prompt_help.example_prompts(bundle.card, vocab)
     if st.session_state.get("graph_prompt_model") != str(model_folder) or "graph_prompt" not in st.session_state:
         st.session_state["graph_prompt_model"] = str(model_folder)
-        st.session_state["graph_prompt"] = example_prompt(bundle)
-    st.text_input("Prompt", key="graph_prompt",
-                  help="Tokens of the model's vocabulary separated by spaces; <bos> is put first when missing.")
-    vocab = bundle.tokenizer.vocab[2:]
-    more = " …" if len(vocab) > 60 else ""
-    st.caption(f"Vocabulary ({len(vocab):,} tokens): {widgets.md_escape(' '.join(vocab[:60]))}{more}")
+        st.session_state["graph_prompt"] = examples[0][1] if examples else ""
+    if examples:
+        def use_example() -> None:  # a callback: it runs before the prompt box is drawn again
+            st.session_state["graph_prompt"] = examples[st.session_state["graph_example"]][1]
+
+        st.selectbox("Example from the model's task", range(len(examples)), key="graph_example",
+                     format_func=lambda i: f"{examples[i][0]}: {examples[i][1]}", on_change=use_example)
+    prompt = st.text_input("Prompt", key="graph_prompt",
+                           help="Tokens of the model's vocabulary separated by spaces; <bos> is put first when missing.")
+    unknown = prompt_help.unknown_words(prompt, vocab)
+    if unknown:
+        st.warning(widgets.md_escape(prompt_help.unknown_words_message(unknown)))
+    query = st.text_input("Search the vocabulary", key="graph_vocab_search", placeholder="part of a word, any case")
+    found, total = prompt_help.search_vocabulary(vocab, query)
+    more = " …" if total > len(found) else ""
+    st.caption(f"Vocabulary: {total:,} of {len(vocab) - 2:,} tokens match: "
+               f"{widgets.md_escape(' '.join(found)) or 'none'}{more}")
 
 
 def run_build(bundle, set_folder: Path, prompt: str, max_features: int,

@@ -39,6 +39,8 @@ CURVE_COLUMNS = {"step", "split", "metric", "value"}
 ZOO_COLUMNS = ["name", "architecture", "task", "parameters", "test accuracy", "test perplexity",
                "bigram perplexity", "training tokens", "training time s", "transcoder FVU (worst layer)",
                "replacement agreement", "graph replacement score", "graph completeness score", "graph validation r"]
+# A figure's legend as one row under the plot, clear of plotly's toolbar (top right, over the plot area).
+LEGEND_BELOW = {"orientation": "h", "yanchor": "top", "y": -0.25, "xanchor": "left", "x": 0, "title": {"text": ""}}
 # CommonMark lets a backslash escape any ASCII punctuation, so escaping all of it is always safe.
 _MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()<>#+\-.!|~&$:])")
 
@@ -211,7 +213,7 @@ def curves_figure(df: pd.DataFrame, metric: str) -> go.Figure | None:
     rows = rows.assign(split=rows["split"].map(plot_text))  # split names come from the file: legend and hover
     fig = px.line(rows, x="step", y="value", color="split", markers=len(rows) < 40,
                   labels={"value": plot_text(metric), "step": "step"}, title=plot_text(metric))
-    fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 40, "b": 10})
+    fig.update_layout(height=340, margin={"l": 10, "r": 10, "t": 40, "b": 10}, legend=LEGEND_BELOW)
     return fig
 
 
@@ -326,14 +328,14 @@ def load_features(dictionary: str | Path | dict) -> tuple[feature_data.FeatureDa
 
 
 def feature_panel(dictionary: str | Path | dict, layer: int, feature: int, member: str | None = None,
-                  key: str = "feature") -> bool:
+                  key: str = "feature", label: str | None = None) -> bool:
     """One feature of a dictionary: density, top-activating contexts (per quantile band) with
     per-token highlighting, activation histogram, top and bottom logit effects.
 
     ``dictionary`` is a catalog entry, a catalogued name (``set`` or ``set/member``) or a set folder;
     ``layer`` the model layer of the feature (a per-layer set's member for that layer, or the CLT's
-    features read at that layer); ``member`` only where two members read the same layer. Returns
-    whether the feature was shown (else a message says why)."""
+    features read at that layer); ``member`` only where two members read the same layer; ``label`` the
+    feature's label, shown under its title. Returns whether the feature was shown (else a message says why)."""
     data, hint = load_features(dictionary)
     if data is None:
         return False
@@ -350,6 +352,8 @@ def feature_panel(dictionary: str | Path | dict, layer: int, feature: int, membe
         return False
     row = rows.iloc[0]
     st.subheader(f"Feature {int(feature)} · layer {int(layer)}")
+    if label:
+        st.markdown(f"**{md_escape(label)}**")
     st.caption(f"{md_escape(member)} in {md_escape(data.folder.name)}")
     _feature_metrics(row, layer_features)
     if row["density"] > 0:

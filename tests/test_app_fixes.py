@@ -10,7 +10,7 @@ from pathlib import Path
 import pandas as pd
 import pyarrow as pa
 from streamlit.testing.v1 import AppTest
-from test_app import APP, FEATURES, MODELS, card, run, write_model
+from test_app import APP, FEATURES, HOME, MODELS, card, run, write_model
 
 
 def test_features_page_widgets_follow_the_chosen_set(feature_set):
@@ -107,3 +107,57 @@ def test_clip_words_cuts_at_a_word_boundary(monkeypatch):
     assert clip_words("short-name", 48) == "short-name"
     assert clip_words("hello world this is a long sentence of words", 20) == "hello world this is…"
     assert clip_words("a" * 30, 10) == "a" * 9 + "…"
+
+
+def _home_constants(name: str) -> dict:
+    """A constant of app/Home.py, read without running the page."""
+    import ast
+
+    tree = ast.parse((APP / "Home.py").read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.Assign) and n.targets[0].id == name)
+    return ast.literal_eval(node.value)
+
+
+def test_home_names_every_page_and_only_what_it_does():
+    """Each page has a note on Home that appears under its link; the intervention methods the notes name
+    are ones the Interventions page offers; the intro promises no instrument by name."""
+    from workbench.studies.methods import METHODS, load_adapters
+
+    at = run(HOME)
+    notes, methods = _home_constants("PAGE_NOTES"), _home_constants("NOTED_METHODS")
+    pages = sorted(p.stem for p in (APP / "pages").glob("*.py"))
+    assert sorted(notes) == pages
+    captions = [c.value for c in at.caption]
+    assert all(note in captions for note in notes.values())
+    load_adapters()
+    noted = notes["4_Interventions"]
+    assert methods and all(phrase in noted and method in METHODS for phrase, method in methods.items())
+    intro = at.markdown[0].value
+    assert not any(word in intro for word in ("patching", "steering", "ablation"))
+
+
+def test_sweep_and_curve_legends_sit_below_the_plot(monkeypatch, tmp_path):
+    """Plotly's toolbar sits at the figure's top right: legends go under the plot, as one row."""
+    monkeypatch.setenv("WB_MODELS", str(Path(__file__).resolve().parents[1] / "models"))
+    at = run(MODELS)
+    names = list(at.dataframe[0].value["name"])
+    at.selectbox(key="models_card").select_index(names.index("rwkv-recall")).run()
+    specs = [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+    sweep = next(s for s in specs if s["layout"].get("xaxis", {}).get("title", {}).get("text") == "pairs in context")
+    curves = [s for s in specs if "title" in s["layout"] and " on " in s["layout"]["title"]["text"]]
+    assert curves
+    for spec in [sweep, *curves]:
+        legend = spec["layout"]["legend"]
+        assert legend["orientation"] == "h" and legend["y"] < 0 and legend["yanchor"] == "top"
+
+
+def test_comparison_shows_a_dash_for_missing_values(tmp_path):
+    zoo = tmp_path / "models"  # WB_MODELS (conftest)
+    write_model(zoo, "alpha", card("alpha", 0.875, 12_345, bigram=None), with_curves=False)
+    write_model(zoo, "beta", card("beta", 0.5, 2_000), with_curves=False)
+    at = run(MODELS)
+    shown = _display_values(at, -1)
+    assert shown.loc["bigram_perplexity"].tolist() == ["-", "7.5"]
+    assert shown.loc["parameters"].tolist() == ["12,345", "2,000"]
+    assert not shown.isin(["None", "nan", "NaN"]).any().any()
+    assert pd.isna(at.dataframe[-1].value.loc["bigram_perplexity", "alpha"])  # the data stays numeric

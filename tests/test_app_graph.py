@@ -1,7 +1,9 @@
-"""The Attribution graph page under AppTest: an empty store, a catalogued graph (node panel, feature
-panel, scores, pins, supernodes), a graph built from a prompt, an imported circuit-tracer file, labels
-from files kept as text, missing and damaged graphs, paths outside the artifacts root, and a
-10,000-node graph that is pruned and capped, never drawn whole. Plus the page's data functions."""
+"""The Attribution graph page under AppTest: an empty store, a catalogued graph (scores, the viewer's
+graph with feature cards and labels, a view from the URL, saved with the graph and given to the Intervene
+section), a graph built from a prompt, an imported circuit-tracer file, labels from files kept as text,
+missing and damaged graphs, paths outside the artifacts root, and a 10,000-node graph that is pruned and
+capped, never sent whole. Plus the page's data functions. What happens in the browser (clicks, panel,
+hover) is tested in Chromium: test_browser_graph_viewer.py."""
 
 from __future__ import annotations
 
@@ -10,7 +12,6 @@ import shutil
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 from graph_fixtures import save_graph, synthetic_graph, tiny_zoo
 from streamlit.testing.v1 import AppTest
@@ -34,14 +35,14 @@ def bodies(at: AppTest) -> list[str]:
     return [el.value for kind in kinds for el in getattr(at, kind)] + [el.proto.body for el in at.get("html")]
 
 
-def figures(at: AppTest) -> list[dict]:
-    return [json.loads(chart.proto.spec) for chart in at.get("plotly_chart")]
+def viewer(at: AppTest) -> dict:
+    """The graph viewer component's arguments: ``graph`` (the payload) and ``state``."""
+    [element] = at.get("component_instance")
+    return json.loads(element.proto.json_args)
 
 
-def drawn_points(figure: dict) -> int:
-    """Nodes in a graph figure: the marker traces' points, less the pinned / selected rings."""
-    return sum(len(t["customdata"]) for t in figure["data"] if t.get("mode") == "markers" and t.get("name") not in
-               ("pinned", "selected"))
+def sent_nodes(at: AppTest) -> list[str]:
+    return viewer(at)["graph"]["nodes"]["id"]
 
 
 @pytest.fixture
@@ -74,8 +75,9 @@ def test_empty_store():
     assert not at.exception
 
 
-def drawn_view(name: str, node_threshold: float = 0.8, edge_threshold: float = 0.98):
-    """The view the page draws for catalogued graph ``name`` at these thresholds (its node ids)."""
+def drawn_view(name: str, node_threshold: float = 1.0, edge_threshold: float = 1.0):
+    """The view the page sends the viewer for catalogued graph ``name`` (at 1.0 and 1.0: the browser
+    cuts it at the chosen thresholds)."""
     import graph_data
 
     from workbench.attribution.graph import Graph
@@ -87,43 +89,56 @@ def drawn_view(name: str, node_threshold: float = 0.8, edge_threshold: float = 0
     return graph_data.view_from_graph(graph, pruned, *graph_data.cap_to_budget(graph, pruned))
 
 
-def test_saved_graph_node_panel_scores_pins_and_supernodes(zoo_graph, app_modules):
+def test_saved_graph_scores_viewer_url_state_and_saved_view(zoo_graph, app_modules):
+    from workbench.attribution.graph import Graph
+    from workbench.attribution.prune_sparse import graph_scores_sparse, prune_graph_sparse
+    from workbench.store.catalog import Catalog
+
     *_, summary = zoo_graph
     at = run()
     labels = [m.label for m in at.metric]
     assert labels[:4] == ["Replacement", "Completeness", "Replacement (pruned)", "Completeness (pruned)"]
     assert float(at.metric[0].value) == pytest.approx(summary["replacement_score"], abs=2e-3)
     assert float(at.metric[3].value) == pytest.approx(summary["pruned_completeness_score"], abs=2e-3)
-    assert at.subheader[0].value == "Logit node"  # the top logit is selected first
-    assert len(figures(at)) == 1 and drawn_points(figures(at)[0]) == summary["pruned_nodes"]
+    view = drawn_view(summary["name"])
+    args = viewer(at)
+    assert args["graph"]["nodes"]["id"] == view.ids and len(args["graph"]["edges"]["weight"]) == len(view.weight)
+    assert args["state"] == {"clickedId": "", "pinnedIds": [], "supernodes": [], "nodeThreshold": 0.99,
+                             "edgeThreshold": 0.98}  # the thresholds the graph was built with
+    features = [i for i, k in enumerate(view.kinds) if k == "feature"]
+    cards, links = args["graph"]["cards"], args["graph"]["links"]
+    key = args["graph"]["nodes"]["card"][features[0]]
+    assert key == "_".join(view.ids[features[0]].split("_")[:2]) and cards[key]["contexts"]  # its feature data
+    assert links[key].startswith("Features?root=models&set=tiny-recall") and cards[key]["label"]
+    assert args["graph"]["nodes"]["label"][features[0]] == cards[key]["label"]  # the node carries its label
+    assert at.query_params["graph"] == summary["name"]
 
-    view = drawn_view(summary["name"], 0.99)
-    ids = view.ids
-    node_id = ids[view.kinds.index("feature")]
-    at.selectbox(key="graph_node").set_value(node_id).run()
-    assert not at.exception and at.subheader[0].value == "Feature node"
-    layer, feat, _ = node_id.split("_")
-    assert any(s.value == f"Feature {feat} · layer {layer}" for s in at.subheader), "the feature panel"
-    inputs = at.dataframe[0].value
-    assert list(inputs.columns) == ["node", "kind", "weight", "drawn"] and len(inputs) >= 1
-    assert (inputs["weight"].abs().diff().dropna() <= 1e-9).all()  # strongest first
-
-    at.button(key="graph_pin_toggle").click().run()  # pin the selected node from its panel
-    assert at.multiselect(key="graph_pins").value == [node_id]
-    at.button(key="graph_pin_toggle").click().run()
-    assert at.multiselect(key="graph_pins").value == []
-    at.multiselect(key="graph_pins").set_value(ids[:2]).run()
-    assert drawn_points(figures(at)[-1]) == 2  # the pinned subgraph (after the feature histogram)
-    at.text_input(key="graph_supernode_name").input("first two").run()
-    at.multiselect(key="graph_supernode_members").set_value(ids[:2]).run()
-    at.button(key="graph_supernode_add").click().run()
+    # a shared link: the graph, a selected node, two pins in a supernode, thresholds
+    pins = [view.ids[i] for i in features[:2]]
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    query = app_modules.state_to_query({"graph": summary["name"]}, {
+        "clickedId": pins[0], "pinnedIds": pins, "supernodes": [["pair", *pins]], "nodeThreshold": 0.5,
+        "edgeThreshold": 0.9})
+    for name, value in query.items():
+        at.query_params[name] = value
+    at.run()
     assert not at.exception
-    assert any(t.value.startswith("first two: ") for t in at.text)
-    sub = figures(at)[-1]
-    assert any(t.get("name") == "supernodes" for t in sub["data"]) and drawn_points(sub) == 1
+    state = viewer(at)["state"]
+    assert state == {"clickedId": pins[0], "pinnedIds": pins, "supernodes": [["pair", *pins]], "nodeThreshold": 0.5,
+                     "edgeThreshold": 0.9}
+    graph = Graph.load(Catalog().get("graph", summary["name"])["path"])
+    kept = prune_graph_sparse(graph, 0.5, 0.9).node_mask  # the scores follow the URL's thresholds
+    assert float(at.metric[2].value) == pytest.approx(graph_scores_sparse(graph, kept)[0], abs=2e-3)
+    assert any("node threshold 0.5 and edge threshold 0.9" in c.value for c in at.caption)
+
+    at.toggle(key="graph_iv_open").set_value(True).run()  # the pinned features come preselected
+    assert at.multiselect(key="graph_iv_features").value == pins
+    at.button(key="graph_save_view").click().run()
+    folder = Catalog().get("graph", summary["name"])["path"]
+    saved = json.loads((folder / "qParams.json").read_text())
+    assert saved["pinnedIds"] == pins and saved["supernodes"] == [["pair", *pins]] and saved["nodeThreshold"] == 0.5
+    assert viewer(run())["state"] == state  # a plain visit opens the saved view
     assert at.get("download_button")[0].label == "Download graph JSON"
-    at.button(key="graph_supernode_remove_0").click().run()
-    assert not any(t.value.startswith("first two: ") for t in at.text)
 
 
 def test_build_from_a_prompt(tmp_path):
@@ -146,7 +161,7 @@ def test_build_from_a_prompt(tmp_path):
     assert at.header[0].value.startswith("Graph tiny") and entry["name"].startswith("tiny-recall-bos-")
     assert entry["path"].parent == Catalog().root / "graphs"  # the job's automatic name, as `wb graph` gives
     assert [m.label for m in at.metric][:2] == ["Replacement", "Completeness"]
-    assert drawn_points(figures(at)[0]) > 0
+    assert len(sent_nodes(at)) > 0
     # the graph was checked against the live model when it was built, and the page says how well
     assert any(c.value.startswith("Validation by intervention") for c in at.caption)
     assert "validation" in entry["meta"]  # the catalog row carries the summary's numbers
@@ -182,7 +197,7 @@ def test_a_set_member_outside_the_set_builds_nothing(tmp_path):
     error = " ".join(e.value for e in at.error)
     assert "member 'layer1'" in error and "leads outside the set folder" in error
     assert not Catalog().list("graph") and not (Catalog().root / "graphs").exists()
-    assert not at.get("plotly_chart")
+    assert not at.get("component_instance")
 
 
 def test_imported_circuit_tracer_file(app_modules):
@@ -198,11 +213,11 @@ def test_imported_circuit_tracer_file(app_modules):
     assert at.header[0].value.startswith("Graph dallas")
     assert any("imported file" in c.value for c in at.caption)
     doc = json.loads(FIXTURE.read_text())
-    assert drawn_points(figures(at)[0]) == len(doc["nodes"])
-    assert at.multiselect(key="graph_pins").value == doc["qParams"]["pinnedIds"]  # the file's pins and supernode
-    assert any(t.value.startswith("Texas: ") for t in at.text)
-    at.selectbox(key="graph_node").set_value("1_77_3").run()
-    assert at.subheader[0].value == "Feature node" and any("Feature 77 of layer 1" in t.value for t in at.text)
+    args = viewer(at)
+    assert args["graph"]["nodes"]["id"] == [n["node_id"] for n in doc["nodes"]]
+    assert args["state"]["pinnedIds"] == doc["qParams"]["pinnedIds"]  # the file's pins and supernode
+    assert [g[0] for g in args["state"]["supernodes"]] == ["Texas"]
+    assert at.query_params["file"] == "imports/ct.json"  # a typed path goes in the URL
 
     at.text_input(key="graph_import_path").input("../../etc/passwd").run()
     assert "outside the artifacts root" in at.error[0].value
@@ -220,24 +235,19 @@ def test_labels_from_files_are_text(app_modules):
     doc["metadata"]["prompt_tokens"][1] = SCRIPT
     (artifacts_root() / "evil.json").write_text(json.dumps(doc))
     at = run()
-    ids = drawn_view(f"evil{SCRIPT}").ids
-    token = next(i for i in ids if i.startswith("E_") and i.endswith("_1"))
-    at.selectbox(key="graph_node").set_value(token).run()
-    at.multiselect(key="graph_pins").set_value([token]).run()
     _assert_escaped(at)
     at.radio(key="graph_source").set_value("Import a file").run()
     at.text_input(key="graph_import_path").input("evil.json").run()
-    at.selectbox(key="graph_node").set_value(doc["nodes"][0]["node_id"]).run()
     _assert_escaped(at)
 
 
 def _assert_escaped(at: AppTest) -> None:
+    """Labels reach the viewer verbatim (it escapes them: frontend/cards.js) and the page as text."""
     assert not at.exception
-    assert any(SCRIPT in t.value for t in at.text), "the label is shown verbatim, as text"
+    graph = viewer(at)["graph"]
+    assert any(SCRIPT in name for name in graph["nodes"]["name"]) or SCRIPT in graph["tokens"]
     for body in bodies(at):
         assert "<script>" not in body
-    for chart in at.get("plotly_chart"):
-        assert "<script>" not in chart.proto.spec and "&lt;script&gt;" in chart.proto.spec
 
 
 def test_a_10k_node_graph_is_pruned_and_capped(app_modules):
@@ -246,14 +256,10 @@ def test_a_10k_node_graph_is_pruned_and_capped(app_modules):
     start = time.perf_counter()
     at = run()
     first = time.perf_counter() - start
-    points = drawn_points(figures(at)[0])
-    assert 0 < points <= app_modules.DRAW_NODES
-    at.slider(key="graph_node_threshold").set_value(1.0).run()
-    at.slider(key="graph_edge_threshold").set_value(1.0).run()  # keeps 1,647 nodes: over the draw budget
-    assert not at.exception
+    points = len(sent_nodes(at))  # sent at 1.0 and 1.0: 1,647 nodes, over the draw budget
+    assert points == app_modules.DRAW_NODES
     assert any("most influential" in w.value for w in at.warning)
-    assert drawn_points(figures(at)[0]) == app_modules.DRAW_NODES
-    print(f"10k-node graph: first render {first:.1f} s, {points} nodes drawn")
+    print(f"10k-node graph: first render {first:.1f} s, {points} nodes sent")
 
 
 def test_missing_damaged_and_outside_graphs(tmp_path):
@@ -276,7 +282,7 @@ def test_missing_damaged_and_outside_graphs(tmp_path):
 
 # ---- the page's data functions -----------------------------------------------------------------------
 
-def test_supernodes_merge_and_the_download_carries_pins_and_supernodes(app_modules):
+def test_the_download_carries_pins_supernodes_and_thresholds(app_modules):
     from workbench.attribution.graph_file import GraphFile
     from workbench.attribution.prune_sparse import prune_graph_sparse
 
@@ -288,15 +294,10 @@ def test_supernodes_merge_and_the_download_carries_pins_and_supernodes(app_modul
     assert len(view) == pruned.n_nodes and len(view.weight) == pruned.n_edges and not notes
     feats = [i for i, k in enumerate(view.kinds) if k == "feature"][:3]
     group = ["trio", *[view.ids[i] for i in feats]]
-    merged = gd.merge_supernodes(view, [group])
-    assert len(merged) == len(view) - 2 and merged.kinds.count("supernode") == 1
-    inside = np.isin(view.source, feats) & np.isin(view.target, feats)
-    assert merged.weight.sum() == pytest.approx(view.weight[~inside].sum(), rel=1e-6)
-
-    state = gd.view_state(view, [view.ids[feats[0]], "not-drawn"], [group], view.ids[-1])
+    state = gd.view_state(view, [view.ids[feats[0]], "not-drawn"], [group], view.ids[-1], (0.5, 0.9))
     doc = gd.graph_document(graph, pruned, node_mask, edge_keep, state, "syn", 0.8)
     assert doc["qParams"]["pinnedIds"] == [view.ids[feats[0]]] and doc["qParams"]["supernodes"] == [group]
-    assert doc["qParams"]["clickedId"] == view.ids[-1]
+    assert doc["qParams"]["clickedId"] == view.ids[-1] and doc["qParams"]["nodeThreshold"] == 0.5
     assert {n["node_id"] for n in doc["nodes"]} == set(view.ids) and len(doc["links"]) == len(view.weight)
     gf = GraphFile.from_dict(json.loads(FIXTURE.read_text()))
     file_view = gd.view_from_file(gf)
@@ -317,9 +318,3 @@ def test_file_thresholds_keep_the_viewers_nodes(app_modules):
     assert 0 < len(strongest) < len(gf.links)
 
 
-def test_a_click_reads_back_as_a_node_id(app_modules):
-    import graph_view
-
-    event = {"selection": {"points": [{"curve_number": 1, "point_index": 4, "customdata": "0_5_3"}]}}
-    assert graph_view.clicked_node(event) == "0_5_3"
-    assert graph_view.clicked_node({"selection": {"points": []}}) is None and graph_view.clicked_node(None) is None

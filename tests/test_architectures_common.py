@@ -1,11 +1,19 @@
-"""What every registered architecture must do: shared hooks, causality, gate-form linearity."""
+"""What every registered architecture must do: the conformance kit's checks (shared hooks, causality,
+gate-form linearity, carried state, state patching) on each one's tiny test config. The checks live in
+workbench.architectures.conformance (`wb arch check` runs the same ones on a user's architecture)."""
 
 import pytest
 import torch
 from conftest import TINY_CONFIGS
 
-from workbench.architectures import architecture_names, build_model, model_config, shared_hook_names
-from workbench.architectures.gate_form import frozen_gates, gate_hook_names
+from workbench.architectures import architecture_names, build_model, model_config
+from workbench.architectures.conformance import (
+    check_carried_state,
+    check_causality,
+    check_gate_form,
+    check_hooks,
+    check_state_patching,
+)
 
 VOCAB, CTX = 24, 16
 
@@ -16,33 +24,9 @@ def tiny_model(arch: str, dtype=torch.float32):
     return model.to(dtype).eval()
 
 
-def test_every_architecture_has_a_tiny_config():
-    assert sorted(TINY_CONFIGS) == architecture_names()
-
-
-@pytest.mark.parametrize("arch", architecture_names())
-def test_run_with_cache_has_every_shared_hook(arch):
-    model = tiny_model(arch)
-    _, cache = model.run_with_cache(torch.randint(0, VOCAB, (2, 10)))
-    store = cache.cache_dict if hasattr(cache, "cache_dict") else cache
-    assert [n for n in shared_hook_names(model.cfg.n_layers) if n not in store] == []
-    assert gate_hook_names(model), f"{arch} exposes no gate/scale hooks; it is not in gate form"
-
-
-@pytest.mark.parametrize("arch", architecture_names())
-def test_outputs_are_causal(arch):
-    model = tiny_model(arch)
-    tokens = torch.randint(0, VOCAB, (2, 12))
-    changed = tokens.clone()
-    changed[:, 7] = (changed[:, 7] + 1) % VOCAB
-    with torch.no_grad():
-        a, b = model(tokens), model(changed)
-    assert torch.allclose(a[:, :7], b[:, :7], atol=1e-6)
-    assert not torch.allclose(a[:, 7:], b[:, 7:])
-
-
 def mixer_map(model, layer: int, u: torch.Tensor) -> torch.Tensor:
-    """The mixer of ``layer`` applied to ``u`` in place of its input, gates as currently hooked."""
+    """The mixer of ``layer`` applied to ``u`` in place of its input, gates as currently hooked (used by
+    the xLSTM tests' frozen-gate checks)."""
     out = {}
 
     def put(_, hook):
@@ -56,18 +40,34 @@ def mixer_map(model, layer: int, u: torch.Tensor) -> torch.Tensor:
     return out["y"]
 
 
+def test_every_architecture_has_a_tiny_config():
+    assert sorted(TINY_CONFIGS) == architecture_names()
+
+
 @pytest.mark.parametrize("arch", architecture_names())
-def test_gate_form_makes_the_mixer_affine(arch):
-    """With every *_gate / *_scale / pattern hook frozen, mixer_in -> mixer_out is affine:
-    f(u1 + u2) = f(u1) + f(u2) - f(0), checked in float64 on random inputs."""
+def test_run_with_cache_has_every_shared_hook_and_gate_hooks(arch):
+    result = check_hooks(tiny_model(arch))
+    assert result.status == "passed", result.detail
+
+
+@pytest.mark.parametrize("arch", architecture_names())
+def test_outputs_are_causal(arch):
+    result = check_causality(tiny_model(arch, torch.float64))
+    assert result.status == "passed", result.detail
+
+
+@pytest.mark.parametrize("arch", architecture_names())
+def test_gate_form_makes_resid_pre_to_logits_affine(arch):
+    """With every *_gate / *_scale / pattern hook frozen and the MLP outputs held, every layer's
+    resid_pre -> logits is affine (float64); "approximate" only where the model declares it."""
+    result = check_gate_form(tiny_model(arch, torch.float64))
+    assert result.passed, result.detail
+
+
+@pytest.mark.parametrize("arch", architecture_names())
+def test_carried_state_and_state_patching(arch):
+    """Generation with carried state equals the full forward (where the model carries state), and a
+    patch of any per-position hook at t changes nothing before t."""
     model = tiny_model(arch, torch.float64)
-    tokens = torch.randint(0, VOCAB, (2, 10))
-    torch.manual_seed(1)
-    d = model.cfg.d_model
-    u1, u2 = torch.randn(2, 10, d, dtype=torch.float64), torch.randn(2, 10, d, dtype=torch.float64)
-    with torch.no_grad(), frozen_gates(model, tokens):
-        for layer in range(model.cfg.n_layers):
-            f = lambda u, layer=layer: mixer_map(model, layer, u)
-            zero = f(torch.zeros_like(u1))
-            assert torch.allclose(f(u1 + u2), f(u1) + f(u2) - zero, atol=1e-9), f"{arch} layer {layer}"
-            assert not torch.allclose(f(2 * u1) - zero, f(u1) - zero)  # and not trivially constant
+    for result in (check_carried_state(model), check_state_patching(model)):
+        assert result.passed, f"{result.name}: {result.detail}"

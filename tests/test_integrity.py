@@ -282,8 +282,8 @@ def test_graph_figure_labels_are_plain_text(monkeypatch):
         row=np.array([0, 1]), pos=np.array([0, 0]), value=np.array([1.0, 0.5]), influence=np.array([0.9, 0.4]),
         address=[None, (0, 3)], source=np.array([0]), target=np.array([1]), weight=np.array([0.7]),
         tokens=[EVIL], n_rows=3)
-    spec = graph_view.graph_figure(view, selected=1, pinned=[0]).to_json()
-    assert "<a" not in spec and spec.count("&lt;a href") == 3  # the tick and both hover labels
+    payload = graph_view.payload(view, "k")  # verbatim: the viewer escapes them (test_graph_viewer_payload)
+    assert payload["nodes"]["name"] == [EVIL, f"feature {EVIL}"] and payload["tokens"] == [EVIL]
 
 
 def test_demo_verification_re_measures_only_models_whose_files_changed(zoo, monkeypatch):

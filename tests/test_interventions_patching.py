@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS
+from conftest import TINY_CONFIGS, skip_unless_value_patchable
 
 from workbench.architectures import build_model, model_config
 from workbench.interventions.hooks import check_positions, resolve_hook
@@ -28,6 +28,7 @@ STATE_HOOKS = {
     "mamba": "blocks.0.mixer.ssm.hook_state",
     "rwkv": "blocks.0.time_mix.hook_state_num",
     "xlstm": "blocks.0.mixer.cell.hook_C",
+    "tokenformer": "blocks.0.attn.hook_heads",  # no recurrent state: its heads' values (no additive hook_z)
 }
 
 
@@ -53,6 +54,7 @@ def answer_logits(model, tokens, positions):
 @pytest.mark.parametrize("arch", sorted(TINY_CONFIGS))
 def test_patching_a_hook_with_its_own_value_changes_nothing(arch):
     model, pairs = tiny(arch), random_pairs(same=True)
+    skip_unless_value_patchable(model)
     hooks = ["resid_pre", "mixer_out", "mlp_out", "resid_post"]
     runs = [(Site(f"blocks.{layer}.hook_{h}", pos),) for layer in range(2) for h in hooks for pos in (0, 4, None)]
     runs += [(Site(STATE_HOOKS.get(arch, "blocks.0.attn.hook_z"), 5),), (Site("hook_embed"),), (Site("hook_final", 9),)]
@@ -65,6 +67,7 @@ def test_patching_a_hook_with_its_own_value_changes_nothing(arch):
 @pytest.mark.parametrize("arch", sorted(TINY_CONFIGS))
 def test_full_denoising_patch_of_the_last_residual_recovers_clean_logits(arch):
     model, pairs = tiny(arch), random_pairs()
+    skip_unless_value_patchable(model)
     clean = answer_logits(model, pairs.clean, pairs.positions)
     corrupted = answer_logits(model, pairs.corrupted, pairs.positions)
     assert (clean - corrupted).abs().max() > 1e-4  # the corruption matters, so recovery means something
@@ -222,6 +225,7 @@ def test_answer_path_equals_the_plain_path_in_float64(arch, extra, answer):
     from workbench.interventions.patch_engine import PatchEngine
 
     model = build_model(model_config(arch, VOCAB, 16, seed=3, **(TINY_CONFIGS[arch] | extra))).eval().double()
+    skip_unless_value_patchable(model)  # the answer-only fast path replays blocks on values
     pairs = random_pairs()
     layers = model.cfg.n_layers
     runs = [(Site(f"blocks.{layer}.hook_resid_pre", pos),) for layer in range(layers) for pos in range(T)]

@@ -4,7 +4,7 @@ from contextlib import contextmanager
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS
+from conftest import TINY_CONFIGS, skip_unless_value_patchable
 
 from workbench.architectures import architecture_names, build_model, model_config
 from workbench.architectures.gate_form import record_gates
@@ -29,7 +29,7 @@ from workbench.interventions.path_patching import path_patch, receivers, senders
 
 VOCAB, CTX, F64 = 24, 16, torch.float64
 ARCHS = architecture_names()
-RECURRENT = [a for a in ARCHS if a != "transformer"]
+RECURRENT = [a for a in ARCHS if a not in ("transformer", "tokenformer", "ebt")]  # the others carry state hooks
 
 
 def tiny(arch: str, **overrides):
@@ -133,6 +133,7 @@ def test_agreement_statistics():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_path_patching_limits(arch):
     model, p = tiny(arch), pairs()
+    skip_unless_value_patchable(model)
     sender_list = senders(model, p.clean)
     last_mlp = next(c for c in sender_list if c.kind == "mlp" and c.layer == model.cfg.n_layers - 1)
     none = path_patch(model, p, sender_list, [])
@@ -189,6 +190,7 @@ def test_path_patching_bad_inputs():
 @pytest.mark.parametrize("arch", ARCHS)
 def test_restoring_the_last_residual_everywhere_gives_clean_minus_noised(arch):
     model, toks = tiny(arch), pairs().clean
+    skip_unless_value_patchable(model)
     answer, last, t = torch.tensor([1, 2, 3]), f"blocks.{model.cfg.n_layers - 1}.hook_resid_post", toks.shape[1]
     noise = make_noise(model, toks, [2, 3], n_samples=4, seed=1)
     logits = noised_logits(model, toks, noise, [{}, {last: range(t)}])  # [2, S, N, T, V]
@@ -204,7 +206,7 @@ def test_restoring_the_last_residual_everywhere_gives_clean_minus_noised(arch):
     assert result.p_noised == pytest.approx(float(prob[0].mean()), abs=1e-12)
     assert result.aie["resid_post"][-1, -1] == pytest.approx(result.p_clean - result.p_noised, abs=1e-12)
     assert torch.allclose(result.aie["resid_post"][:, :2], torch.zeros(1, dtype=F64), atol=1e-12)  # before the subject
-    expected = {"resid_post", "mixer_out", "mlp_out"} | ({"state"} if arch != "transformer" else set())
+    expected = {"resid_post", "mixer_out", "mlp_out"} | ({"state"} if arch in RECURRENT else set())
     assert set(result.aie) == expected and not any(v.isnan().any() for v in result.aie.values())
     assert set(result.frame().kind) == expected
 

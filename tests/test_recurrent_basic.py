@@ -1,7 +1,8 @@
 """minGRU, LSTM and Mamba: parallel form vs recurrence, carried state, patchable states, own hooks.
 
-The cross-architecture checks (shared hooks, causality, gate-form affinity) are in
-tests/test_architectures_common.py; this file checks what recurrence adds.
+The cross-architecture checks (shared hooks, causality, gate-form affinity, carried state, state
+patching) are the conformance kit's (workbench/architectures/conformance.py), run on every architecture
+by tests/test_architectures_common.py; this file checks what recurrence adds.
 """
 
 import pytest
@@ -9,6 +10,7 @@ import torch
 from conftest import TINY_CONFIGS
 
 from workbench.architectures import build_model, model_config
+from workbench.architectures.conformance import check_carried_state, check_state_patching, state_hook_names
 from workbench.architectures.gate_form import derived_gate_names, frozen_gates, gate_hook_names
 
 VOCAB, CTX = 24, 16
@@ -87,18 +89,18 @@ def test_lstm_equals_torch_lstm_with_live_and_with_hooked_gates():
 
 @pytest.mark.parametrize("arch", EVERY_RECURRENT)
 def test_generation_with_carried_state_equals_the_full_forward(arch):
-    model, toks = tiny(arch), tokens()
-    with torch.no_grad():
-        full = model(toks)
-        for k in (1, 4, 9):
-            first, state = model(toks[:, :k], return_state=True)
-            rest, _ = model(toks[:, k:], state=state, return_state=True)
-            assert torch.allclose(torch.cat([first, rest], 1), full, atol=1e-10), f"split at {k}"
-        state, steps = None, []
-        for t in range(toks.shape[1]):
-            logits, state = model(toks[:, t:t + 1], state=state, return_state=True)
-            steps.append(logits)
-    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-10)
+    """The conformance kit's check (pieces and token by token); a stateful model must not be n/a."""
+    result = check_carried_state(tiny(arch))
+    assert result.status == "passed", result.detail
+
+
+@pytest.mark.parametrize("arch,hook", [(a, f"blocks.0.{h}") for a in RECURRENT for h in STATE_HOOKS[a] if h.endswith("state")]
+                         + [("rwkv", "blocks.0.time_mix.hook_state_num"), ("xlstm", "blocks.1.mixer.cell.hook_c")])
+def test_the_kit_knows_the_recurrent_states(arch, hook):
+    """The kit's state-patching check requires these hooks' patches to carry to every later position."""
+    model = tiny(arch)
+    assert hook in state_hook_names(model)
+    assert check_state_patching(model).status == "passed"
 
 
 def replace_state(arch, state, value):

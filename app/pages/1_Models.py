@@ -127,8 +127,9 @@ def show_sweep(card: dict) -> None:
     unpadded = df[df["n_pairs"] == df["slots"]].sort_values("n_pairs")
     fig.add_trace(go.Scatter(x=unpadded["n_pairs"], y=unpadded["accuracy"], mode="lines+markers",
                              name="no padding", line={"dash": "dot"}))
-    fig.update_layout(height=320, xaxis_title="pairs in context", yaxis_title="exact match",
-                      yaxis_tickformat=".0%", margin={"l": 10, "r": 10, "t": 10, "b": 10})
+    # the legend under the plot: at the top right it sat under plotly's toolbar
+    fig.update_layout(height=360, xaxis_title="pairs in context", yaxis_title="exact match",
+                      yaxis_tickformat=".0%", margin={"l": 10, "r": 10, "t": 30, "b": 10}, legend=widgets.LEGEND_BELOW)
     st.plotly_chart(fig, key="recall_sweep")
 
 
@@ -202,6 +203,11 @@ def comparison_figure(cards: list[dict], labels: list[str]) -> go.Figure:
     return fig
 
 
+def comparison_cell(value: float) -> str:
+    """A whole number with thousands separators (parameters, tokens), anything else to 4 significant digits."""
+    return f"{value:,.0f}" if float(value).is_integer() else f"{value:.4g}"
+
+
 def show_comparison(cards: list[dict]) -> None:
     st.header("Compare")
     labels = unique_labels(cards)
@@ -211,7 +217,7 @@ def show_comparison(cards: list[dict]) -> None:
         st.info("Pick models above to compare them.")
         return
     picked, picked_labels = [cards[i] for i in chosen], [labels[i] for i in chosen]
-    st.dataframe(comparison_table(picked, picked_labels))
+    st.dataframe(comparison_table(picked, picked_labels).style.format(comparison_cell, na_rep=MISSING))
     st.plotly_chart(comparison_figure(picked, picked_labels), key="compare_bars")
 
 

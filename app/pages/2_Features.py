@@ -1,9 +1,13 @@
 """Features of a dictionary set: pick a set from the catalog and a layer, search its features by index
-or by token, list them by density or max activation, and open one: top-activating contexts per
-quantile band with per-token highlighting, activation histogram, density, top and bottom logit effects.
+or by token, list them by density or max activation, and open one: its label (automatic, or the user's,
+edited here), top-activating contexts per quantile band with per-token highlighting, activation
+histogram, density, top and bottom logit effects, its activations on a typed text, and the catalogued
+graphs that draw it. A link (``Features?root=..&set=..&layer=..&feature=..``, :mod:`links`) opens one
+feature, and the URL follows what is open.
 
-Reads only the catalog and the set's ``features/`` folder (written by ``wb dict features``). The
-feature panel is :func:`widgets.feature_panel`, which the Attribution page shows for a clicked node.
+Reads the catalog, the set's ``features/`` folder (written by ``wb dict features``) and, for typed
+text, the set's model. The feature panel is :func:`widgets.feature_panel`, which the Attribution page
+shows for a clicked node; the other sections are in :mod:`feature_sections`.
 """
 
 import sys
@@ -17,6 +21,7 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 import feature_data
+import feature_sections
 import widgets
 
 SORTS = {"density": "density", "max activation": "max_activation"}
@@ -120,6 +125,7 @@ def main() -> None:
     entries = widgets.dictionary_entries()
     if entries is None:
         return
+    entries, target = feature_sections.link_target(entries)
     if not entries:
         st.info(f"No dictionaries in the catalog at {widgets.md_escape(widgets.catalog().root)}. Train one with "
                 "`wb dict train`, then write its feature data with `wb dict features`.")
@@ -129,6 +135,7 @@ def main() -> None:
     if data is None:
         return
     show_summary(entry, data)
+    feature_sections.apply_layer_and_feature(target, entry, data, set_key)
     member, layer = pick_layer(data, entry)
     found = search_features(feature_data.layer_frame(data.features, member, layer),
                             feature_data.layer_frame(data.contexts, member, layer))
@@ -138,7 +145,14 @@ def main() -> None:
         st.info("No feature of this layer matches the search.")
         return
     feature = pick_feature(found, entry)
-    widgets.feature_panel(entry, layer, feature, member=member, key="features_panel")
+    feature_sections.keep_link(data.folder, layer, feature)
+    label = feature_sections.label_editor(data, entry, member, layer, feature)
+    if not widgets.feature_panel(entry, layer, feature, member=member, key="features_panel", label=label):
+        return
+    st.divider()
+    row = feature_data.feature_rows(data.features, member, layer, feature).iloc[0]
+    feature_sections.activations_box(data, member, layer, feature, float(row["max_activation"]))
+    feature_sections.graphs_section(data.folder, layer, feature)
 
 
 main()

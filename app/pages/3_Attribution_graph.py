@@ -1,17 +1,22 @@
 """Attribution graph: open a catalogued graph, build one from a model, a dictionary set and a prompt, or
-import a circuit-tracer / Neuronpedia graph file; see it layered (positions across, layers up), click a
-node (or pick it) for its strongest inputs and outputs and, for a feature, its feature panel; pin nodes
-into a subgraph, group them into supernodes, set the node and edge thresholds, read the replacement and
-completeness scores, and download the graph JSON with the pins and supernodes. Intervene: ablate, scale,
-set or swap the selected features and compare the model with the graph's prediction (``graph_interventions``).
+import a circuit-tracer / Neuronpedia graph file, and explore it in the graph viewer
+(``components/graph_viewer``): layered (positions across, layers up), hover cards, click a node for its
+panel beside the graph and walk its inputs and outputs, pin, group nodes into supernodes, set the node
+and edge thresholds: all in the browser. Python does what only Python can: build the graph, read the
+replacement and completeness scores at the chosen thresholds, save the view with the graph, put it in
+the URL, download the graph JSON with it, and intervene on the pinned features (``graph_interventions``).
 
-Large graphs are pruned on their non-zero edges (``workbench.attribution.prune_sparse``), and what is
-still over the draw budget keeps only its most influential nodes (``graph_data.cap_to_budget``), so a
-10,000-node graph never reaches the browser whole. Sources: ``graph_sources``; drawing: ``graph_view``.
+1. On a session's first run the URL's query parameters (``graph_data.state_to_query``) pick the graph
+   and the view to open it at; otherwise a graph opens at its saved view (``qParams.json``, or a file's
+   ``qParams``), else at its own thresholds.
+2. The graph is sent once at thresholds 1.0 / 1.0 (the browser's sliders cut it further), pruned on
+   its non-zero edges (``workbench.attribution.prune_sparse``) and capped to the draw budget
+   (``graph_data.cap_to_budget``), so a 10,000-node graph never reaches the browser whole.
+3. The viewer's value (its state, sent a moment after the user's last change) becomes the page's view
+   state, and the URL follows it.
 """
 
 import json
-import math
 import re
 import sys
 from pathlib import Path
@@ -22,17 +27,19 @@ import streamlit as st
 APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
+import feature_data
+import graph_cards
 import graph_data
 import graph_interventions
 import graph_sources
 import graph_view
 import widgets
+from components.graph_viewer import graph_viewer
 
 from workbench.attribution.prune_sparse import graph_edges, graph_scores_sparse, prune_graph_sparse
 
 SOURCES = {"Saved graphs": graph_sources.open_saved, "Build from a prompt": graph_sources.build_form,
            "Import a file": graph_sources.import_file}
-EDGE_COLUMNS = {"weight": st.column_config.NumberColumn(format="%.4g")}
 
 
 @st.cache_resource(show_spinner=False, max_entries=4)
@@ -53,65 +60,112 @@ def scores_of(key: str, node_threshold: float, edge_threshold: float, _graph) ->
             "Completeness (pruned)": kept[1]}
 
 
-# Streamlit forgets a widget's state on a run that does not draw it (another source picked), so the
-# graph's widgets are copied here each run and put back when the graph is drawn again.
-KEPT_WIDGETS = ("graph_node_threshold", "graph_edge_threshold", "graph_pins", "graph_node")
-
-
-def enter(opened: graph_sources.Opened) -> None:
-    """Reset the per-graph state (thresholds, pins, supernodes, node) when another graph is opened, and
-    put back this graph's widget values when it is drawn again."""
-    if st.session_state.get("graph_key") == opened.key:
-        for key, value in st.session_state.get("graph_kept", {}).items():
-            if key not in st.session_state:
-                st.session_state[key] = value
+def read_url_once() -> None:
+    """Step 1: on a session's first run, the URL picks the source and the graph (before their widgets)."""
+    if st.session_state.get("graph_url_read"):
         return
-    st.session_state["graph_key"] = opened.key
-    st.session_state["graph_node_threshold"], st.session_state["graph_edge_threshold"] = opened.thresholds
-    st.session_state["graph_pins"] = [str(p) for p in opened.state.get("pinnedIds", [])]
-    st.session_state["graph_supernodes"] = [[str(x) for x in group] for group in opened.state.get("supernodes", [])
-                                            if isinstance(group, list) and len(group) > 1]
-    st.session_state["graph_node"] = str(opened.state.get("clickedId") or "")
-    # a selection left in the figure from the last graph is not a click on this one
-    st.session_state["graph_clicked"] = graph_view.clicked_node(st.session_state.get("graph_plot"))
+    st.session_state["graph_url_read"] = True
+    params = st.query_params.to_dict()
+    if params.get("graph"):
+        st.session_state["graph_source"], st.session_state["graph_url_name"] = "Saved graphs", params["graph"]
+    elif params.get("file"):
+        st.session_state["graph_source"], st.session_state["graph_import_path"] = "Import a file", params["file"]
+    else:
+        return
+    st.session_state["graph_url_params"] = params
 
 
-def keep_widgets() -> None:
-    st.session_state["graph_kept"] = {key: st.session_state[key] for key in KEPT_WIDGETS if key in st.session_state}
+def enter(opened: graph_sources.Opened) -> dict:
+    """The opened graph's view state: kept while it stays open; on opening, the URL's (when it names
+    this graph), else the graph's saved view, else its own thresholds."""
+    if st.session_state.get("graph_key") != opened.key:
+        st.session_state["graph_key"] = opened.key
+        state = graph_data.clean_state(opened.state, opened.thresholds)
+        params = st.session_state.pop("graph_url_params", None)
+        if params:
+            source, from_url = graph_data.state_from_query(params, (state["nodeThreshold"], state["edgeThreshold"]))
+            state = from_url if source and source == opened.source else state
+        st.session_state["graph_state"] = state
+    return st.session_state["graph_state"]
 
 
-def thresholds() -> tuple[float, float]:
-    cols = st.columns(2)
-    node = cols[0].slider("Node threshold", 0.0, 1.0, step=0.01, key="graph_node_threshold",
-                          help="Keep the most influential nodes that together hold this share of the influence.")
-    edge = cols[1].slider("Edge threshold", 0.0, 1.0, step=0.005, key="graph_edge_threshold",
-                          help="Keep the edges that together hold this share of the influence.")
-    return float(node), float(edge)
+def follow_viewer(value: dict | None, state: dict) -> dict:
+    """Step 3: a new value from the viewer becomes the view state."""
+    if value is None or value == st.session_state.get("graph_viewer_seen"):
+        return state
+    st.session_state["graph_viewer_seen"] = value
+    state = graph_data.clean_state(value, (state["nodeThreshold"], state["edgeThreshold"]))
+    st.session_state["graph_state"] = state
+    return state
 
 
-def graph_view_of(opened, node_t: float, edge_t: float):
-    """(view, pruned, node mask, edge mask) of the opened graph at these thresholds."""
+def write_url(opened: graph_sources.Opened, state: dict) -> None:
+    query = graph_data.state_to_query(opened.source, state) if opened.source else {}
+    if st.query_params.to_dict() != query:
+        st.query_params.from_dict(query)
+
+
+def sent_view(opened: graph_sources.Opened):
+    """Step 2: the view the browser gets (thresholds 1.0 / 1.0, capped), made once per graph."""
+    cached = st.session_state.get("graph_sent")
+    if cached and cached[0] == opened.key:
+        return cached[1]
     if opened.graph is None:
-        return graph_data.view_from_file(opened.file, node_t, edge_t), None, None, None
-    pruned = pruned_of(opened.key, node_t, edge_t, opened.graph)
-    node_mask, edge_keep, notes = graph_data.cap_to_budget(opened.graph, pruned)
-    return graph_data.view_from_graph(opened.graph, pruned, node_mask, edge_keep, notes), pruned, node_mask, edge_keep
+        view = graph_data.view_from_file(opened.file, 1.0, 1.0)
+    else:
+        pruned = pruned_of(opened.key, 1.0, 1.0, opened.graph)
+        view = graph_data.view_from_graph(opened.graph, pruned, *graph_data.cap_to_budget(opened.graph, pruned))
+    st.session_state["graph_sent"] = (opened.key, view)
+    return view
 
 
-def show_header(opened, view, pruned, node_t: float, edge_t: float) -> None:
+def feature_data_of(opened, view):
+    """The graph's dictionary set's feature data when a feature is drawn (else None; messages say why
+    there is none: no feature data yet, a damaged file)."""
+    if not opened.dictionaries or not any(a is not None for a in view.address):
+        return None
+    return widgets.load_features(opened.dictionaries)[0]
+
+
+def _stamp(path: Path) -> tuple:
+    return (path.stat().st_mtime_ns, path.stat().st_size) if path.is_file() else (0, 0)
+
+
+def payload_of(opened, view, data) -> dict:
+    """The viewer's graph, made again only for another graph or changed feature data or labels."""
+    stamp = None if data is None else (feature_data.signature(data.folder),
+                                       _stamp(data.folder / feature_data.FEATURES_DIR / "labels.json"))
+    cached = st.session_state.get("graph_payload")
+    if cached and cached[0] == (opened.key, stamp):
+        return cached[1]
+    cards, labels, links = {}, {}, {}
+    if data is not None:
+        addresses = sorted({a for a in view.address if a is not None})
+        labels = graph_cards.labels_of(data)
+        cards = graph_cards.feature_cards(data, addresses, labels)
+        links = graph_cards.feature_links(data.folder, addresses)
+    payload = graph_view.payload(view, opened.key, cards, labels, links)
+    st.session_state["graph_payload"] = ((opened.key, stamp), payload)
+    return payload
+
+
+def show_header(opened, view, state: dict) -> None:
     graph = opened.graph
     widgets.show_text("Prompt", graph.prompt if graph is not None else opened.file.metadata.get("prompt", ""))
     if graph is None:
         st.caption(f"An imported file: {len(opened.file.nodes):,} nodes and {len(opened.file.links):,} links, "
-                   f"{len(view):,} nodes and {len(view.weight):,} edges drawn. Replacement and completeness "
-                   "scores need the whole graph, which this file does not hold.")
+                   f"{len(view):,} nodes and {len(view.weight):,} edges sent to the viewer. Replacement and "
+                   "completeness scores need the whole graph, which this file does not hold.")
         return
+    node_t, edge_t = state["nodeThreshold"], state["edgeThreshold"]
     cols = st.columns(4)
     for col, (label, value) in zip(cols, scores_of(opened.key, node_t, edge_t, graph).items()):
         col.metric(label, f"{value:.3f}")
+    pruned = pruned_of(opened.key, node_t, edge_t, graph)
     st.caption(f"{graph.n_nodes:,} nodes ({graph.n_features:,} features), {len(edges_of(opened.key, graph)):,} "
-               f"edges; pruned to {pruned.n_nodes:,} nodes and {pruned.n_edges:,} edges; drawn: {len(view):,} "
-               f"nodes and {len(view.weight):,} edges.")
+               f"edges; at node threshold {node_t:g} and edge threshold {edge_t:g} the pruned graph (which the "
+               f"scores measure) has {pruned.n_nodes:,} nodes and {pruned.n_edges:,} edges; the viewer holds "
+               f"{len(view):,} nodes and {len(view.weight):,} edges and cuts them at the same thresholds.")
     show_validation(graph.metadata.get("validation"))
     if graph.metadata.get("approximate"):
         st.warning("Approximate graph: " + widgets.md_escape(graph.metadata.get("approximate_reason", "")))
@@ -132,179 +186,51 @@ def show_validation(record: dict | None) -> None:
                f"replacement model matches the prediction to {float(record.get('frozen_max_deviation') or 0):.1e}.")
 
 
-def default_node(view) -> str:
-    logits = [i for i, kind in enumerate(view.kinds) if kind == "logit"]
-    return view.ids[logits[0] if logits else 0]
-
-
-def pick_node(view) -> int:
-    """The node clicked in the figure (read from its state before it is drawn again) or picked in the
-    selectbox, which offers the same choice by keyboard; draws the figure."""
-    clicked = graph_view.clicked_node(st.session_state.get("graph_plot"))
-    if clicked in view.index_of and clicked != st.session_state.get("graph_clicked"):
-        st.session_state["graph_node"] = clicked  # a new click moves the selectbox; an old one must not pin it
-    st.session_state["graph_clicked"] = clicked
-    if st.session_state.get("graph_node") not in view.index_of:
-        st.session_state["graph_node"] = default_node(view)
-    index = view.index_of
-    selected = index[st.session_state["graph_node"]]
-    pinned = [index[p] for p in st.session_state.get("graph_pins", []) if p in index]
-    st.plotly_chart(graph_view.graph_figure(view, selected, pinned), on_select="rerun", selection_mode="points",
-                    key="graph_plot")
-    st.caption("Click a node, or pick it below. Edges: red excites, blue inhibits; width and opacity show "
-               "|weight| relative to the strongest drawn edge.")
-    node = st.selectbox("Node", view.ids, key="graph_node", format_func=lambda i: view.labels[index[i]])
-    return index[node]
-
-
-def edge_rows(opened, view, pruned, node: int, incoming: bool) -> list[tuple[str, str, float, bool]]:
-    if opened.graph is None:
-        return [(view.labels[o], view.kinds[o], w, True) for o, w in graph_data.view_edges(view, node, incoming)]
-    graph, drawn = opened.graph, set(view.graph_index.tolist())
-    found = graph_data.strongest(graph, pruned.edges, int(view.graph_index[node]), incoming)
-    return [(graph.node_label(o), graph.node_kind(o), w, o in drawn) for o, w in found]
-
-
-def show_feature(opened, view, node: int) -> None:
-    layer, feature = view.address[node]
-    st.markdown("**Feature**")
-    if opened.dictionaries:
-        try:
-            from widgets import feature_panel
-        except ImportError:
-            feature_panel = None
-        if feature_panel is not None:
-            feature_panel(opened.dictionaries, layer, feature, key="graph_feature")
-            return
-    st.text(f"Feature {feature} of layer {layer}, activation {view.value[node]:.4g}")
-    st.caption("This graph names no dictionary set, so the feature's contexts cannot be shown.")
-
-
-def node_panel(opened, view, pruned, node: int) -> None:
-    kind = view.kinds[node]
-    st.subheader(f"{kind.capitalize()} node")
-    st.text(f"{view.labels[node]}   (id {view.ids[node]})")
-    cols = st.columns(2)
-    value = view.value[node]
-    cols[0].metric("Activation" if kind == "feature" else "Value", "-" if math.isnan(value) else f"{value:.4g}")
-    infl = view.influence[node]
-    cols[1].metric("Cumulative influence", "-" if math.isnan(infl) else f"{infl:.3g}")
-    pinned = view.ids[node] in st.session_state.get("graph_pins", [])
-    st.button("Unpin this node" if pinned else "Pin this node", key="graph_pin_toggle", on_click=toggle_pin,
-              args=(view.ids[node],))
-    scope = "the whole graph" if opened.graph is not None else "the drawn graph"
-    for col, title, incoming in zip(st.columns(2), ("Strongest inputs", "Strongest outputs"), (True, False)):
-        col.markdown(f"**{title}** (top 10 of {scope})")
-        rows = edge_rows(opened, view, pruned, node, incoming)
-        if rows:
-            col.dataframe(graph_view.edge_table(rows), hide_index=True, column_config=EDGE_COLUMNS)
-        else:
-            col.caption("none")
-    if kind == "feature" and view.address[node] is not None:
-        show_feature(opened, view, node)
-
-
-def toggle_pin(node_id: str) -> None:
-    pins = list(st.session_state.get("graph_pins", []))
-    st.session_state["graph_pins"] = [p for p in pins if p != node_id] if node_id in pins else pins + [node_id]
-
-
-def add_supernode(ids: list[str]) -> None:
-    """on_click of the Add button (callbacks may reset the inputs they read)."""
-    name = st.session_state.get("graph_supernode_name", "").strip()
-    members = [m for m in st.session_state.get("graph_supernode_members", []) if m in ids]
-    if not name or not members:
-        st.session_state["graph_supernode_problem"] = "Name the supernode and pick at least one node."
-        return
-    st.session_state["graph_supernodes"] = st.session_state.get("graph_supernodes", []) + [[name, *members]]
-    st.session_state["graph_supernode_name"], st.session_state["graph_supernode_members"] = "", []
-
-
-def remove_supernode(i: int) -> None:
-    groups = list(st.session_state.get("graph_supernodes", []))
-    if 0 <= i < len(groups):
-        del groups[i]
-    st.session_state["graph_supernodes"] = groups
-
-
-def supernode_editor(view, pins: list[str]) -> list[list[str]]:
-    """Name a group of pinned nodes and add it as a supernode; the supernodes so far, each removable.
-    (Members come from the pins, as in circuit-tracer's viewer: a second list of every drawn node would
-    double what the browser lays out for a large graph.)"""
-    index = view.index_of
-    st.session_state["graph_supernode_members"] = [m for m in st.session_state.get("graph_supernode_members", [])
-                                                   if m in pins]
-    cols = st.columns([2, 4, 1])
-    cols[0].text_input("Supernode name", key="graph_supernode_name")
-    cols[1].multiselect("Its nodes (from the pinned)", pins, key="graph_supernode_members",
-                        format_func=lambda i: view.labels[index[i]])
-    cols[2].button("Add supernode", key="graph_supernode_add", on_click=add_supernode, args=(pins,))
-    problem = st.session_state.pop("graph_supernode_problem", None)
-    if problem:
-        st.warning(problem)
-    groups = st.session_state.get("graph_supernodes", [])
-    for i, (name, *members) in enumerate(groups):
-        row = st.columns([6, 1])
-        shown = [view.labels[index[m]] if m in index else f"{m} (not drawn)" for m in members]
-        row[0].text(f"{name}: " + "; ".join(shown))
-        row[1].button("Remove", key=f"graph_supernode_remove_{i}", on_click=remove_supernode, args=(i,))
-    return groups
-
-
-def pins_and_supernodes(view) -> tuple[list[str], list[list[str]]]:
-    """Pinned nodes, supernodes, and the pinned subgraph (supernodes merged) drawn on its own."""
-    st.subheader("Pinned subgraph")
-    index = view.index_of
-    st.session_state["graph_pins"] = [p for p in st.session_state.get("graph_pins", []) if p in index]
-    pins = st.multiselect("Pinned nodes", view.ids, key="graph_pins", format_func=lambda i: view.labels[index[i]])
-    groups = supernode_editor(view, pins)
-    members = {m for _, *ms in groups for m in ms if m in index}
-    keep = sorted({index[p] for p in pins} | {index[m] for m in members})
-    if not keep:
-        st.caption("Pin nodes (or group them into supernodes) to see them here as a subgraph.")
-        return pins, groups
-    sub = graph_data.merge_supernodes(graph_data.subview(view, keep), groups)
-    st.plotly_chart(graph_view.graph_figure(sub, height=420), key="graph_pinned_plot")
-    return pins, groups
-
-
-def download(opened, view, pruned, node_mask, edge_keep, state: dict, node_t: float) -> None:
+def save_and_download(opened, view, state: dict) -> None:
+    qparams = graph_data.view_state(view, state["pinnedIds"], state["supernodes"], state["clickedId"],
+                                    (state["nodeThreshold"], state["edgeThreshold"]))
+    cols = st.columns([1, 1, 3])
+    if opened.folder is not None and cols[0].button("Save view with the graph", key="graph_save_view",
+                                                    help="Selection, pins, supernodes and thresholds: the graph "
+                                                         "opens with them next time (its qParams)."):
+        graph_sources.save_view(opened, qparams)
+        st.toast("View saved with the graph")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "-", opened.name).strip(".-") or "graph"
 
     def document() -> bytes:  # deferred: made only when the button is pressed
         if opened.graph is None:
-            doc = graph_data.file_document(opened.file, view, state)
+            doc = graph_data.file_document(opened.file, view, qparams)
         else:
-            doc = graph_data.graph_document(opened.graph, pruned, node_mask, edge_keep, state, slug, node_t)
+            pruned = pruned_of(opened.key, 1.0, 1.0, opened.graph)
+            node_mask, edge_keep, _ = graph_data.cap_to_budget(opened.graph, pruned)
+            doc = graph_data.graph_document(opened.graph, pruned, node_mask, edge_keep, qparams, slug,
+                                            state["nodeThreshold"])
         return (json.dumps(doc, allow_nan=False, ensure_ascii=False) + "\n").encode()
 
-    st.download_button("Download graph JSON", data=document, file_name=f"{slug}.json", mime="application/json",
-                       key="graph_download", help="The drawn graph in circuit-tracer / Neuronpedia's schema, with "
-                                                  "the pins and supernodes as its qParams.")
+    cols[1].download_button("Download graph JSON", data=document, file_name=f"{slug}.json", mime="application/json",
+                            key="graph_download", help="The graph in circuit-tracer / Neuronpedia's schema, with "
+                                                       "the view (pins, supernodes, thresholds) as its qParams.")
 
 
 def show_graph(opened: graph_sources.Opened) -> None:
-    enter(opened)
+    state = enter(opened)
     st.header(f"Graph {widgets.md_escape(opened.name)}")
-    node_t, edge_t = thresholds()
-    view, pruned, node_mask, edge_keep = graph_view_of(opened, node_t, edge_t)
-    show_header(opened, view, pruned, node_t, edge_t)
-    if not len(view):
-        keep_widgets()
-        st.info("Nothing left to draw at these thresholds; raise them.")
-        return
-    node = pick_node(view)
-    node_panel(opened, view, pruned, node)
-    pins, groups = pins_and_supernodes(view)
-    graph_interventions.section(opened, view, pins)  # ablate / scale / set / swap the selected features
-    keep_widgets()
-    state = graph_data.view_state(view, pins, groups, view.ids[node])
-    download(opened, view, pruned, node_mask, edge_keep, state, node_t)
+    messages = st.container()  # filled before the viewer, which must keep its place in the page
+    view = sent_view(opened)
+    with messages:
+        payload = payload_of(opened, view, feature_data_of(opened, view))
+    state = follow_viewer(graph_viewer(payload, state, key="graph_viewer"), state)
+    write_url(opened, state)
+    show_header(opened, view, state)
+    pins = [p for p in state["pinnedIds"] if p in view.index_of]
+    graph_interventions.section(opened, view, pins)  # ablate / scale / set / swap the pinned features
+    save_and_download(opened, view, state)
 
 
 def main() -> None:
     st.set_page_config(page_title="Attribution graph · Workbench", layout="wide")
     st.title("Attribution graph")
+    read_url_once()
     source = st.radio("Source", list(SOURCES), horizontal=True, key="graph_source")
     opened = SOURCES[source]()
     if opened is not None:

@@ -16,13 +16,15 @@ with a warning naming it.
 
 from __future__ import annotations
 
+import types
 import warnings
 from collections.abc import Callable
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import torch
 
-from workbench.architectures import lstm, mamba, mingru, rwkv, transformer, xlstm
+from workbench.architectures import ebt, gyro, lstm, mamba, mingru, rwkv, tokenformer, transformer, xlstm
 from workbench.architectures.hooked import (
     HOOK_KINDS,
     HookedModel,
@@ -52,7 +54,7 @@ def register_architecture(name: str, build: Callable[[dict], torch.nn.Module], d
     DEFAULTS[name] = dict(defaults)
 
 
-for _module in (transformer, mingru, lstm, mamba, rwkv, xlstm):
+for _module in (transformer, mingru, lstm, mamba, rwkv, xlstm, tokenformer, ebt, gyro):
     register_architecture(_module.__name__.rsplit(".", 1)[1], _module.build, _module.DEFAULTS)
 
 # What every config read back must name, where its architecture has the field: the sizes of every
@@ -61,11 +63,37 @@ REQUIRED_FIELDS = ("d_vocab", "n_ctx", "n_layers", "d_model", "d_mlp", "n_heads"
 EXTRA_FIELDS = {"seed": None, "d_head": 1}  # accepted beside DEFAULTS: the build seed, the transformer's head width
 
 
+_plugins_loaded = False
+
+
+def load_plugins() -> None:
+    """Load the ``workbench.architectures`` entry points once (first use of the registry). An entry
+    point names a module (importing it registers; one that only defines ``build`` and ``DEFAULTS`` is
+    registered under the entry point's name) or a callable (called). A failing plug-in is skipped with
+    a warning naming it: it never breaks the built-ins."""
+    global _plugins_loaded
+    if _plugins_loaded:
+        return
+    _plugins_loaded = True  # before loading: a plug-in may itself use the registry
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = point.load()
+            if not isinstance(loaded, types.ModuleType):
+                loaded()
+            elif point.name not in ARCHITECTURES and hasattr(loaded, "build") and hasattr(loaded, "DEFAULTS"):
+                register_architecture(point.name, loaded.build, loaded.DEFAULTS)
+        except Exception as err:  # noqa: BLE001 (any failure of a user's package, reported, not raised)
+            warnings.warn(f"architecture plug-in {point.name!r} ({point.value}) failed to load and is skipped: "
+                          f"{type(err).__name__}: {err}", stacklevel=2)
+
+
 def architecture_names() -> list[str]:
+    load_plugins()
     return sorted(ARCHITECTURES)
 
 
 def check_architecture(name: str) -> str:
+    load_plugins()
     if name not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {name!r}; choose one of: {', '.join(architecture_names())}")
     return name
@@ -96,6 +124,7 @@ def complete_config(config: dict, source: str | Path | None = None) -> dict:
     where = f"{source}: " if source else "model config: "
     if not isinstance(config, dict):
         raise ValueError(f"{where}a model config is a JSON object, not {type(config).__name__}")  # noqa: TRY004
+    load_plugins()
     if "architecture" not in config:
         raise ValueError(f"{where}no 'architecture' field; choose one of: {', '.join(architecture_names())}")
     if config["architecture"] not in ARCHITECTURES:
@@ -141,6 +170,7 @@ __all__ = [
     "complete_config",
     "count_parameters",
     "hook_name",
+    "load_plugins",
     "model_config",
     "model_fields",
     "register_architecture",

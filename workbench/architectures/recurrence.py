@@ -42,48 +42,11 @@ import torch
 from transformer_lens.hook_points import HookPoint
 
 from workbench.architectures.scan import hook_patch_mask, linear_scan, patch_values, patched_linear_scan
+from workbench.kernels.linear_scan import expand_along_time as _expand_time
+from workbench.kernels.linear_scan import running_max, running_max_sequential
 
 __all__ = ["any_hooked", "hooked_recurrence", "identity_hooks", "patchable_scan", "patched_running_max",
            "running_max", "running_max_sequential", "shift_in"]
-
-
-def _expand_time(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    if a.dim() != b.dim():
-        raise ValueError(f"running_max wants a and b with as many dims; "
-                         f"got a {tuple(a.shape)}, b {tuple(b.shape)}")
-    return a.expand(torch.broadcast_shapes(a.shape, b.shape)).clone()
-
-
-@torch.no_grad()
-def running_max(a: torch.Tensor, b: torch.Tensor, m0: torch.Tensor | None = None) -> torch.Tensor:
-    """All ``m_t = max(a_t + m_{t-1}, b_t)`` along dim 1 (``m_{-1} = m0``, or -inf), in parallel form.
-
-    ``a`` broadcasts against ``b [B, T, ...]`` (a time-invariant decay may be ``[1, 1, C]``); ``m0``
-    against ``b[:, 0]``. After the step with offset k, position t holds the maximum over the window
-    (t - 2k, t]; ``acc`` holds the summed decays of that window.
-    """
-    acc = _expand_time(a, b)
-    m = b.expand(acc.shape).clone()
-    if m0 is not None:
-        m[:, 0] = torch.maximum(m[:, 0], acc[:, 0] + m0)
-    k = 1
-    while k < m.shape[1]:
-        m[:, k:] = torch.maximum(m[:, k:], acc[:, k:] + m[:, :-k])  # right-hand side evaluated first
-        acc[:, k:] = acc[:, k:] + acc[:, :-k]
-        k *= 2
-    return m
-
-
-@torch.no_grad()
-def running_max_sequential(a: torch.Tensor, b: torch.Tensor, m0: torch.Tensor | None = None) -> torch.Tensor:
-    """The same maximum one step at a time: the reference :func:`running_max` is tested against."""
-    a = _expand_time(a, b)
-    m = torch.full_like(b[:, 0], float("-inf")) if m0 is None else m0.expand(b[:, 0].shape)
-    out = []
-    for t in range(b.shape[1]):
-        m = torch.maximum(a[:, t] + m, b[:, t])
-        out.append(m)
-    return torch.stack(out, dim=1)
 
 
 def patched_running_max(a: torch.Tensor, b: torch.Tensor, m0: torch.Tensor | None,

@@ -15,7 +15,14 @@ running maximum exponent. Its exact update (SEEDS.md), per position t:
     update:  o_t = max(w + o_{t-1}, k_t);  p_t = e^{w+o_{t-1}-o_t} p_{t-1} + e^{k_t-o_t} v_t;
                                            q_t = e^{w+o_{t-1}-o_t} q_{t-1} + e^{k_t-o_t}
 
-The parallel form (:func:`wkv_parallel`) computes exactly these quantities for all positions at once,
+Two paths compute it. When none of the hooks below has a hook attached (training, generation, plain
+runs), :func:`wkv_parallel` calls the kernel dispatcher (``workbench.kernels.dispatch.wkv``: the parallel
+torch form on the CPU, the Triton kernel on a GPU; ``workbench/kernels/wkv.py`` has both and the
+one-token-at-a-time reference, :func:`wkv_recurrent` here). When one has (caching, gate freezing, state
+patching), it runs the hooked form below, which builds every gate and per-position state behind its hook,
+so the hooks' semantics do not depend on the backend.
+
+The hooked parallel form computes exactly these quantities for all positions at once,
 and never overflows: ``o`` first, as a (max, +) scan (recurrence.py: sums and maxima only), then every
 factor is an exponential of something <= 0 and p, q are linear scans with factors in [0, 1]
 (scan.py). No chunking is needed: nothing grows with the sequence. The empty state is
@@ -47,13 +54,14 @@ from __future__ import annotations
 import torch
 
 from workbench.architectures.recurrence import (
-    identity_hooks,
     patchable_scan,
     patched_running_max,
     running_max,
     shift_in,
 )
 from workbench.architectures.scan import hook_patch_mask
+from workbench.kernels import dispatch
+from workbench.kernels.wkv import empty_state, wkv_reference
 
 WKV_HOOKS = ("state_max", "decay_gate", "key_gate", "state_num", "state_den", "past_gate", "bonus_gate",
              "wkv_scale")
@@ -61,18 +69,14 @@ WKV_HOOKS = ("state_max", "decay_gate", "key_gate", "state_num", "state_den", "p
 __all__ = ["WKV_HOOKS", "empty_state", "wkv_naive", "wkv_parallel", "wkv_recurrent"]
 
 
-def empty_state(k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(p, q, o) before any token: [B, C] each."""
-    zeros = k.new_zeros(k.shape[0], k.shape[2])
-    return zeros, zeros, torch.full_like(zeros, float("-inf"))
-
-
 def wkv_parallel(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                  state: tuple | None = None, hooks=None) -> tuple[torch.Tensor, tuple]:
     """wkv for all positions. ``w``, ``u``: [C]; ``k``, ``v``: [B, T, C]; ``state``: (p, q, o) [B, C]
     each, or None; ``hooks``: an object with the ``hook_*`` points of :data:`WKV_HOOKS` (the time-mix
-    module), or None for none. Returns wkv [B, T, C] and the state after the last token."""
-    hooks = hooks if hooks is not None else identity_hooks(WKV_HOOKS)
+    module), or None for none. Returns wkv [B, T, C] and the state after the last token. Unhooked, the
+    kernel dispatcher computes it (module docstring)."""
+    if hooks is None or not any(_attached(getattr(hooks, f"hook_{name}")) for name in WKV_HOOKS):
+        return dispatch.wkv(w, u, k, v, state)
     p0, q0, o0 = state if state is not None else empty_state(k)
     decay = w.view(1, 1, -1)
     o = running_max(decay.detach(), k.detach(), o0)
@@ -91,24 +95,15 @@ def wkv_parallel(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Ten
     return wkv, (p[:, -1], q[:, -1], o[:, -1])
 
 
-def wkv_recurrent(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  state: tuple | None = None) -> tuple[torch.Tensor, tuple, tuple]:
-    """The official kernel's loop, one token at a time (the SEEDS.md update, verbatim): the reference
-    the parallel form is tested against, and a hook-free streaming form. Returns wkv [B, T, C], the
-    final (p, q, o) and the per-position states (P, Q, O) [B, T, C] each."""
-    p, q, o = state if state is not None else empty_state(k)
-    outputs, states = [], []
-    for t in range(k.shape[1]):
-        kk, vv = k[:, t], v[:, t]
-        no = torch.maximum(o, u + kk)
-        e1, e2 = torch.exp(o - no), torch.exp(u + kk - no)
-        outputs.append((e1 * p + e2 * vv) / (e1 * q + e2))
-        no = torch.maximum(w + o, kk)
-        e1, e2 = torch.exp(w + o - no), torch.exp(kk - no)
-        p, q, o = e1 * p + e2 * vv, e1 * q + e2, no
-        states.append((p, q, o))
-    per_position = tuple(torch.stack(s, dim=1) for s in zip(*states, strict=True))
-    return torch.stack(outputs, dim=1), (p, q, o), per_position
+def _attached(hook) -> bool:
+    """Whether anything can read or change the hook's value (as scan.hook_patch_mask asks)."""
+    return bool(hook._forward_hooks or hook._backward_hooks)
+
+
+# The official kernel's loop, one token at a time (the SEEDS.md update, verbatim): the reference the
+# parallel forms are tested against. Returns wkv [B, T, C], the final (p, q, o) and the per-position
+# states (P, Q, O) [B, T, C] each.
+wkv_recurrent = wkv_reference
 
 
 def wkv_naive(w: torch.Tensor, u: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -14,7 +14,10 @@ agree (tests), each continuing from a carried state (C, n, m):
   exposes it and a patch of it must carry forward; every hook of the cell acts here.
 - :func:`mlstm_parallel`: the attention-like form, log D_tj = sum_{l=j+1..t} log f_l + i~_j (j <= t),
   m_t = max_j log D_tj (row-wise), h~ = ((q k^T / sqrt d) * e^{log D - m}) v / max(|row sum|, e^{-m});
-  memory [B, H, T, T], about 20x faster than the scan on CPU at the default sizes.
+  memory [B, H, T, T], about 20x faster than the scan on CPU at the default sizes. It lives in
+  kernels/mlstm.py and runs through the dispatcher (``workbench.kernels.dispatch.mlstm``: chunkwise
+  beyond 64 tokens on the CPU, the chunkwise Triton kernel on a GPU, the per-step recurrence under
+  ``WORKBENCH_KERNELS=reference``); it materialises no per-step state.
 - :func:`mlstm_gated`: the gated form, for frozen gates. Attribution freezes the gate hooks (q, k, i',
   f', normaliser), which in the scan form builds C per position for a batch of 64 copies of the prompt
   and pays for it on every backward pass. This form computes m, i', f' exactly as the scan form does
@@ -29,7 +32,7 @@ agree (tests), each continuing from a carried state (C, n, m):
   as one [T, T] @ [T, B d] matmul per head. Measured (1 thread, H = 4, d = 32, frozen gates at batch
   64): backward to v 2.8 ms against the scan's 920 ms at T = 64, 12.5 ms against 4.5 s at T = 256;
   forward 20 ms against 1.7 s at T = 64.
-- :func:`mlstm_recurrent`: one step at a time, the reference's step.
+- :func:`mlstm_recurrent`: one step at a time, the reference's step (kernels/mlstm.py's reference).
 :class:`MLSTMCell` runs the scan form when a hook is attached to a state hook point (``hook_m``,
 ``hook_C``, ``hook_n``: caching or patching the states), the gated form when hooks are attached only
 to the others (gates, scale, v, h: freezing, caching the gates) and the parallel form otherwise
@@ -114,19 +117,14 @@ from workbench.architectures.recurrence import (
     shift_in,
 )
 from workbench.architectures.scan import hook_patch_mask, linear_scan
+from workbench.kernels import dispatch
+from workbench.kernels import mlstm as mlstm_kernels
 
 __all__ = ["MLSTMCell", "SLSTMCell", "mlstm_gated", "mlstm_parallel", "mlstm_recurrent", "mlstm_scan"]
 
 
-def _safe_denominator(overlap: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """max(|n^T q|, e^{-m}), floored at the smallest normal number (see the module docstring)."""
-    return torch.maximum(overlap.abs(), torch.exp(-m)).clamp_min(torch.finfo(overlap.dtype).tiny)
-
-
-def _mlstm_empty(q: torch.Tensor, d_v: int) -> tuple:
-    batch, _, heads, d_k = q.shape
-    m0 = q.new_full((batch, heads), float("-inf"))
-    return q.new_zeros(batch, heads, d_v, d_k), q.new_zeros(batch, heads, d_k), m0
+_safe_denominator = mlstm_kernels.safe_denominator  # max(|n^T q|, e^{-m}), floored (module docstring)
+_mlstm_empty = mlstm_kernels.empty_state  # C = 0, n = 0, m = -inf
 
 
 MLSTM_HOOKS = ("q_gate", "k_gate", "v", "i_gate", "f_gate", "m", "C", "n", "norm_scale", "h")
@@ -251,45 +249,16 @@ def mlstm_gated(q, k, v, i_pre, f_pre, state: tuple | None = None, hooks=None):
 
 
 def mlstm_parallel(q, k, v, i_pre, f_pre, state: tuple | None = None):
-    """The stabilised parallel form (module docstring), continuing from ``state`` (C0, n0, m0): the
-    carried state enters as one more term with log-weight sum_{l<=t} log f_l + m0. Returns h~ and the
-    state after the last token."""
-    C0, n0, m0 = state if state is not None else _mlstm_empty(q, v.shape[-1])
-    q, k, v = (x.transpose(1, 2) for x in (q, k / math.sqrt(k.shape[-1]), v))  # [B, H, T, d]
-    log_f, i_pre = F.logsigmoid(f_pre).transpose(1, 2), i_pre.transpose(1, 2)  # [B, H, T]
-    steps = q.shape[2]
-    cum = torch.cumsum(log_f, dim=-1)
-    causal = torch.ones(steps, steps, dtype=torch.bool, device=q.device).tril()
-    log_d = (cum.unsqueeze(-1) - cum.unsqueeze(-2) + i_pre.unsqueeze(-2)).masked_fill(~causal, float("-inf"))
-    log_carried = cum + m0.unsqueeze(-1)  # [B, H, T]
-    m = torch.maximum(log_d.amax(-1), log_carried).detach()
-    decay, carried = torch.exp(log_d - m.unsqueeze(-1)), torch.exp(log_carried - m)
-    weights = (q @ k.transpose(-1, -2)) * decay  # [B, H, t, j]
-    num = weights @ v + carried.unsqueeze(-1) * torch.einsum("bhvk,bhtk->bhtv", C0, q)
-    overlap = weights.sum(-1) + carried * torch.einsum("bhk,bhtk->bht", n0, q)
-    h = num / _safe_denominator(overlap, m).unsqueeze(-1)
-    last = decay[:, :, -1]  # the last row gives the final state
-    C_T = torch.einsum("bhj,bhjv,bhjk->bhvk", last, v, k) + carried[..., -1, None, None] * C0
-    n_T = torch.einsum("bhj,bhjk->bhk", last, k) + carried[..., -1, None] * n0
-    return h.transpose(1, 2), (C_T, n_T, m[..., -1])
+    """The unhooked path (training, plain inference): the dispatcher's mLSTM, continuing from ``state``
+    (C0, n0, m0); returns h~ and the state after the last token. On the CPU that is the stabilised
+    parallel form of the module docstring, chunked beyond ``TORCH_CHUNK`` tokens (kernels/mlstm.py);
+    on a GPU the chunkwise Triton kernel; with ``WORKBENCH_KERNELS=reference`` the per-step recurrence.
+    No per-step state is materialised here: the hooks that need one (``hook_C``, ``hook_n``,
+    ``hook_m``) make the cell take :func:`mlstm_scan` instead."""
+    return dispatch.mlstm(q, k, v, i_pre, f_pre, state)
 
 
-def mlstm_recurrent(q, k, v, i_pre, f_pre, state: tuple | None = None) -> tuple[torch.Tensor, tuple]:
-    """One step at a time (the reference's stabilised step, from m = -inf): the test reference."""
-    C, n, m = state if state is not None else _mlstm_empty(q, v.shape[-1])
-    k = k / math.sqrt(k.shape[-1])
-    outputs = []
-    for t in range(q.shape[1]):
-        log_f = F.logsigmoid(f_pre[:, t])
-        m_new = torch.maximum(log_f + m, i_pre[:, t])
-        f_gate, i_gate = torch.exp(log_f + m - m_new), torch.exp(i_pre[:, t] - m_new)
-        write = v[:, t].unsqueeze(-1) * k[:, t].unsqueeze(-2)  # v k^T
-        C = f_gate[..., None, None] * C + i_gate[..., None, None] * write
-        n = f_gate[..., None] * n + i_gate[..., None] * k[:, t]
-        m = m_new
-        scale = _safe_denominator((n * q[:, t]).sum(-1, keepdim=True), m.unsqueeze(-1))
-        outputs.append(torch.einsum("bhvk,bhk->bhv", C, q[:, t]) / scale)
-    return torch.stack(outputs, dim=1), (C, n, m)
+mlstm_recurrent = mlstm_kernels.mlstm_reference  # one step at a time (from m = -inf): the test reference
 
 
 SLSTM_GATES = ("i_gate", "f_gate", "z_gate", "o_gate", "norm_scale")

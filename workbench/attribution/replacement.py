@@ -156,9 +156,8 @@ class LocalReplacement:
         for d in self.dictionaries:
             c = d.config
             x_n = d.normalize_input(self._dictionary_inputs(d))
-            pre = d.pre_activations(x_n)  # [T, n_in, F]
-            act = d.activation(pre)
-            recon = d.reconstruct_normalized(act, x_n) / d.output_scale[:, None]  # [T, n_out, d_out]
+            recon, act, pre = d.forward_normalized(x_n)  # [T, n_out, d_out], [T, n_in, F] x 2; dispatcher
+            recon = recon / d.output_scale[:, None]
             out_layers = [hook_layer(h, "out") for h in c.output_hooks]
             in_layers = [hook_layer(h, "in") for h in c.input_hooks]
             for t, layer in enumerate(out_layers):

@@ -5,7 +5,7 @@ One module per command group; each registers its commands on the shared Typer ``
 """
 
 # imported in the order `wb --help` lists them
-from workbench.cli import train, zoo, dicts, graph, interventions, study, store, rasp, misc  # noqa: F401, I001  (registers the commands)
+from workbench.cli import train, zoo, dicts, graph, interventions, study, store, rasp, arch, misc  # noqa: F401, I001  (registers the commands)
 from workbench.cli.common import app, friendly_errors, parse_assignments
 
 __all__ = ["app", "friendly_errors", "parse_assignments"]

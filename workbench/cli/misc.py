@@ -31,11 +31,10 @@ def tasks():
 
 @app.command()
 def archs():
-    """List the architectures and their default configs."""
-    from workbench.architectures import DEFAULTS
+    """List the architectures and their default configs (the same as `wb arch list`)."""
+    from workbench.cli.arch import echo_architectures
 
-    for name, defaults in sorted(DEFAULTS.items()):
-        typer.echo(f"{name:16s} {json.dumps(defaults)}")
+    echo_architectures()
 
 
 def launch_app(host: str, port: int, artifacts: str | None, models: str | None) -> None:

@@ -17,6 +17,9 @@ Computation, for inputs ``x[l]`` (layer ``l``'s input, ``[batch, d_in]``):
    dictionary has only ``t = l = 0``), plus ``x_n[t] @ W_skip[t]`` for a skip transcoder.
 4. Un-normalise: ``y[t] = y_n[t] / output_scale[t]``.
 
+A TopK dictionary (not float64) runs steps 2-3 in the sparse (index, value) form through the kernel
+dispatcher (:mod:`.sparse_form`); the dense activations it returns are scattered from that form.
+
 ``W_dec[l]`` is ``[features, n_layers - l, d_out]``: feature ``i`` of layer ``l`` writes to layers
 ``l .. n_layers - 1``. Its decoder norm is the norm of that whole slice (Anthropic's CLT convention).
 Decoder norms are handled one of two ways (``decoder_norm``): ``"unit"`` keeps every feature's decoder
@@ -45,6 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from workbench.dictionaries.nonlinearities import NONLINEARITIES, BatchTopK, make_nonlinearity
+from workbench.dictionaries.sparse_form import decode_sparse, densify, encode_sparse, uses_sparse_form
 from workbench.store.atomic import (
     atomic_write_json,
     load_safetensors,
@@ -179,8 +183,10 @@ class Dictionary(nn.Module):
             out = out + F.pad(writes, (0, 0, source, 0))
         return out
 
-    def reconstruct_normalized(self, acts: torch.Tensor, x_n: torch.Tensor | None) -> torch.Tensor:
-        y_n = self.decode_features(acts) + self.b_dec
+    def reconstruct_normalized(self, acts: torch.Tensor | None, x_n: torch.Tensor | None,
+                               features: torch.Tensor | None = None) -> torch.Tensor:
+        """Step 3 (``features``: the features' contribution when already decoded, else from ``acts``)."""
+        y_n = (self.decode_features(acts) if features is None else features) + self.b_dec
         if self.W_skip is not None:
             if x_n is None:
                 raise ValueError("a skip transcoder's decode needs the input x for its skip term")
@@ -188,10 +194,15 @@ class Dictionary(nn.Module):
         return y_n
 
     def forward_normalized(self, x_n: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(reconstruction, activations, pre-activations), all in normalised units and 3-d."""
-        pre = self.pre_activations(x_n)
-        acts = self.activation(pre)
-        return self.reconstruct_normalized(acts, x_n), acts, pre
+        """(reconstruction, activations, pre-activations), all in normalised units and 3-d; a TopK
+        dictionary encodes and decodes through the kernel dispatcher (:mod:`.sparse_form`)."""
+        pre = self.pre_activations(x_n)  # the losses read it (pre-activation loss, AuxK)
+        if not uses_sparse_form(self):
+            acts = self.activation(pre)
+            return self.reconstruct_normalized(acts, x_n), acts, pre
+        indices, values = encode_sparse(self, x_n)
+        features = decode_sparse(self, indices, values)
+        return self.reconstruct_normalized(None, x_n, features), densify(indices, values, self.config.n_features), pre
 
     # --- the public, unnormalised API ---------------------------------------------------------------
     def normalize_input(self, x: torch.Tensor) -> torch.Tensor:
@@ -199,8 +210,10 @@ class Dictionary(nn.Module):
 
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """Feature activations ``[batch, features]`` (``[batch, layers, features]`` for a CLT)."""
-        x3 = self._as_layers(x, self.config.d_in, "input")
-        return self._as_caller(self.activation(self.pre_activations(self.normalize_input(x3))), x)
+        x_n = self.normalize_input(self._as_layers(x, self.config.d_in, "input"))
+        if uses_sparse_form(self):
+            return self._as_caller(densify(*encode_sparse(self, x_n), self.config.n_features), x)
+        return self._as_caller(self.activation(self.pre_activations(x_n)), x)
 
     def decode(self, acts: torch.Tensor, x: torch.Tensor | None = None) -> torch.Tensor:
         """Reconstruction from activations; ``x`` is needed only for a skip transcoder's skip term."""
@@ -209,10 +222,10 @@ class Dictionary(nn.Module):
         return self._as_caller(self.reconstruct_normalized(a3, x_n) / self.output_scale[:, None], acts)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction, feature activations) in the model's units."""
-        x3 = self._as_layers(x, self.config.d_in, "input")
-        recon, acts, _ = self.forward_normalized(self.normalize_input(x3))
-        return self._as_caller(recon / self.output_scale[:, None], x), self._as_caller(acts, x)
+        """(reconstruction, feature activations) in the model's units: :meth:`encode` (the sparse form for
+        TopK), then the dense :meth:`decode`, which keeps the output bit for bit SAELens's (interop)."""
+        acts = self.encode(x)
+        return self.decode(acts, x), acts
 
     # --- decoder norms ------------------------------------------------------------------------------
     def decoder_norms(self) -> torch.Tensor:

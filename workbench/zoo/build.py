@@ -19,6 +19,7 @@ it with the same evaluation batch, and checks the numbers against its card and i
 
 from __future__ import annotations
 
+import importlib
 import math
 import platform
 import time
@@ -118,6 +119,10 @@ def build_entry(entry: ZooEntry, models_dir: Path, catalog: Catalog, progress: b
         card["curves_test_task"] = eval_task.spec()
     if entry.sweep:  # positions beyond n_ctx exist only for the recurrent models
         card["sweep"] = recall_sweep(result.model, config["n_ctx"] if entry.architecture == "transformer" else None)
+    for section in entry.card_sections:  # "module:function" -> more card fields (an EBT's steps curve)
+        module, function = section.split(":")
+        card.update(getattr(importlib.import_module(module), function)(
+            entry, result.model, config, task, eval_task or task, catalog.root / "runs"))
     folder = save_model_folder(models_dir / entry.name, result.model, config, task.tokenizer, card, result.curves)
     catalog.register("run", entry.name, result.run_dir, {"steps": result.steps, "model": entry.name})
     catalog.register("model", entry.name, folder, card)

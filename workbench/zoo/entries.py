@@ -30,6 +30,9 @@ class ZooEntry:
     # Recall entries: also measure exact match against the number of pairs and the sequence length
     # (zoo/sweep.py) and put the rows into the card as "sweep".
     sweep: bool = False
+    # More card sections, each "module:function" called as function(entry, model, config, task, eval_task,
+    # runs_dir) -> dict merged into the card (workbench/zoo/ebt_steps.py: an EBT's steps curve).
+    card_sections: tuple[str, ...] = ()
 
     @property
     def measured_task(self) -> dict:
@@ -190,9 +193,91 @@ ZOO += [
 
 # Zoo II (issue #13): TokenFormer, the Energy-Based Transformer and the gyrovector model, each on recall
 # and toyworld; one block per architecture.
-# <zoo II: tokenformer>
-# <zoo II: ebt>
-# <zoo II: gyro>
+# TokenFormer: Pattention (the input attends to learnable parameter tokens) for Q, K, V, the output map and
+# the FFN, token-token attention with rotary positions. n_param_tokens = d_model per attention Pattention
+# (2 n d parameters: twice a square linear map's), d_mlp = 4 d_model FFN tokens (as many as the MLP's).
+ZOO += [
+    ZooEntry(
+        name="tokenformer-recall",
+        architecture="tokenformer",
+        **RECALL_TRAIN,
+        model={"n_layers": 2, "d_model": 64, "n_heads": 4, "d_mlp": 256, "n_param_tokens": 64},
+        train=TrainConfig(steps=3000, **RECALL_RECIPE),
+        targets={"accuracy": 0.95},
+        notes="TokenFormer on the Transformer's recall recipe (lr 3e-3); a trial run sat on the copy-a-value "
+              "plateau through 1500 steps (answer loss 1.27, as the Transformer's 1.29 at 1500 steps)",
+    ),
+    ZooEntry(
+        name="tokenformer-toyworld",
+        architecture="tokenformer",
+        task={"name": "toyworld"},
+        model={"n_layers": 2, "d_model": 96, "n_heads": 4, "d_mlp": 384, "n_param_tokens": 96},
+        train=TrainConfig(steps=2000, **TOYWORLD_RECIPE),
+        targets={"beats_bigram_iid": True},
+        notes=TOYWORLD_NOTE + "TokenFormer: Pattention projections and FFN, rotary token-token attention",
+    ),
+]
+# Energy-Based Transformer (workbench/architectures/ebt.py): d_model 64, 2 layers, as the Transformer on recall;
+# a training step unrolls 1-2 descent steps with second-order backward (about 0.85 s a step of batch 32 on
+# one loaded thread, ~8x a Transformer step), so the ~6-minute budget buys a few hundred steps. The card's
+# "thinking" section (workbench/zoo/ebt_steps.py) adds accuracy and loss against 1-16 inference steps beside
+# a Transformer of the same size trained with the same FLOPs.
+EBT_MODEL = {"n_layers": 2, "d_model": 64, "n_heads": 4, "d_mlp": 256, "train_steps_min": 1, "train_steps_max": 2,
+             "inference_steps": 4, "init_scale": 0.1}
+EBT_RECIPE = {"batch_size": 32, "lr": 3e-3, "warmup_steps": 50, "eval_every": 100, "checkpoint_every": 100, "seed": 0}
+EBT_SECTIONS = ("workbench.zoo.ebt_steps:card_section",)
+ZOO += [
+    ZooEntry(
+        name="ebt-recall",
+        architecture="ebt",
+        **RECALL_TRAIN,
+        model=EBT_MODEL,
+        train=TrainConfig(steps=250, **EBT_RECIPE),
+        targets={"accuracy": 0.1},
+        card_sections=EBT_SECTIONS,
+        notes="Energy-Based Transformer: prediction = gradient descent on y^ (4 steps at inference). The budget "
+              "buys 250 steps, far short of the Transformer's 3.5k-step plateau crossing: it sits on the "
+              "copy-a-value plateau; the card's thinking section compares it FLOP-matched",
+    ),
+    ZooEntry(
+        name="ebt-toyworld",
+        architecture="ebt",
+        task={"name": "toyworld"},
+        model=EBT_MODEL,
+        train=TrainConfig(steps=250, **EBT_RECIPE),
+        targets={"accuracy": 0.0},
+        card_sections=EBT_SECTIONS,
+        notes="Energy-Based Transformer on toyworld (d_model 64, 2 layers, 250 steps of batch 32: the budget); "
+              "the bigram comparison is in the metrics",
+    ),
+]
+# Gyro: the residual stream in the Poincare ball (architectures/gyro.py), curvature 1, rotary positions on
+# the tangent-space queries and keys; the recall and toyworld recipes and sizes as the other architectures.
+ZOO += [
+    ZooEntry(
+        name="gyro-recall",
+        architecture="gyro",
+        **RECALL_TRAIN,
+        model={"n_layers": 2, "d_model": 64, "n_heads": 4, "d_mlp": 256, "curvature": 1.0},
+        train=TrainConfig(steps=1500, **RECALL_RECIPE),
+        targets={"accuracy": 0.2},
+        notes="gyro (curvature 1, rotary positions) is still on the copy-a-value plateau at this budget (25% "
+              "single-query exact match at 1500 steps; the sweep: 100% with 1 pair, 54% with 2, 33% with 4, 26% "
+              "with 8). Its attention can look up by key (a softmax over tangent-space query-key scores), and the "
+              "Transformer with this recall recipe also crossed the plateau only at ~3.5k steps; in trial runs "
+              "lr 1e-2 was worse than 3e-3 (train loss 1.90 vs 1.71 at ~450 steps)",
+    ),
+    ZooEntry(
+        name="gyro-toyworld",
+        architecture="gyro",
+        task={"name": "toyworld"},
+        model={"n_layers": 2, "d_model": 96, "n_heads": 4, "d_mlp": 384, "curvature": 1.0},
+        train=TrainConfig(steps=1000, **TOYWORLD_RECIPE),
+        targets={"beats_bigram_iid": True},
+        notes=TOYWORLD_NOTE.replace("2000 steps", "1000 steps") + "gyro: Mobius residual updates, gyro-midpoint "
+              "attention, the MLP in the tangent space at 0",
+    ),
+]
 
 
 @dataclass(frozen=True)

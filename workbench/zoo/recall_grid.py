@@ -13,7 +13,8 @@ plots the best accuracy against d_model. We do the same on the zoo's recall reci
    as the zoo cards are, and writes ``result.json`` (atomic).
 3. Runs live in ``<artifacts>/sweeps/recall/runs/<run>/``. A process claims a run with the folder's
    writer lock (:func:`workbench.store.names.sole_writer`), so several processes share one grid (each
-   skips runs another holds or finished), and a killed run resumes from its checkpoint.
+   skips runs another holds or finished), and a killed run resumes from its checkpoint. A run that
+   neither stopped early nor reached a larger ``--steps`` given later resumes to it (:func:`finished`).
 4. :func:`sweep_table` collects every ``result.json`` into ``table.parquet``; :func:`best_rows` keeps the
    best learning rate per (variant, d_model), the points of Zoology's plot (:func:`sweep_figure`).
 """
@@ -100,17 +101,27 @@ def run_dir(root: Path, spec: RunSpec) -> Path:
     return root / SWEEP_DIR / "runs" / spec.name
 
 
+def finished(folder: Path, spec: RunSpec) -> dict | None:
+    """The run's recorded result if it is final for ``spec``: it stopped early, or it trained at least
+    ``spec.steps`` steps. A result under a smaller budget is not final: a larger ``steps`` resumes the
+    run from its last checkpoint (the trainer lets ``steps`` grow), so a promising run can go on."""
+    done = folder / "result.json"
+    if not done.is_file():
+        return None
+    row = json.loads(done.read_text())
+    return row if row.get("stopped_early") is not None or row["steps_trained"] >= spec.steps else None
+
+
 def run_one(spec: RunSpec, root: Path, progress: bool = False) -> dict | None:
     """Train, measure and record one grid point; ``None`` if another process holds it right now."""
     folder = run_dir(root, spec)
-    done = folder / "result.json"
-    if done.is_file():
-        return json.loads(done.read_text())
+    row = finished(folder, spec)
+    if row is not None:
+        return row
     try:
         with sole_writer(folder, "recall-sweep run"):
-            if done.is_file():  # finished while we waited for nothing (the lock is non-blocking)
-                return json.loads(done.read_text())
-            return _train_and_measure(spec, folder, progress)
+            row = finished(folder, spec)  # another process may have finished it meanwhile
+            return row if row is not None else _train_and_measure(spec, folder, progress)
     except FolderBusy:
         return None
 
