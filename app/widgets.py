@@ -154,6 +154,16 @@ def load_curves(card: dict) -> pd.DataFrame | None:
         raise ValueError(f"{path.parent.name}/curves.parquet is damaged: {err}") from err
 
 
+def recall_grid_table() -> pd.DataFrame | None:
+    """The recall sweep's table (issue #16): the committed copy beside the zoo, else the store's."""
+    from workbench.zoo.recall_grid import PUBLISHED, SWEEP_DIR
+
+    for path in (models_dir() / PUBLISHED, catalog().root / SWEEP_DIR / "table.parquet"):
+        if path.is_file():
+            return pd.read_parquet(path)
+    return None
+
+
 def model_picker(cards: list[dict], key: str, label: str = "Model") -> dict | None:
     """A selectbox over the cards; returns the chosen card (None when there are none)."""
     if not cards:

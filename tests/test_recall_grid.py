@@ -130,3 +130,28 @@ def test_best_rows_smallest_solving_and_the_markdown_table():
     text = recall_grid.markdown_table(table)
     assert "| mamba | 41.0% (lr 0.003, 2000 steps; 2 lr) | 99.0% (lr 0.003, 500 steps; 2 lr) |" in text
     assert recall_grid.sweep_figure(table).data[0].name in {"lstm", "mamba"}
+
+
+def test_models_page_draws_the_published_sweep_and_the_curves_caption(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    models = tmp_path / "models"
+    (models / "m").mkdir(parents=True)
+    card = {"name": "m", "architecture": "mamba", "task": {"name": "recall_multi"}, "eval_task": {"name": "recall"},
+            "curves_test_task": {"name": "recall"}, "metrics": {"test_accuracy": 0.97}}
+    (models / "m" / "card.json").write_text(json.dumps(card))
+    pd.DataFrame([(250, 1000, "test", "accuracy", 0.5)], columns=["step", "tokens", "split", "metric", "value"]
+                 ).to_parquet(models / "m" / "curves.parquet")
+    rows = [{"variant": v, "d_model": w, "lr": 1e-3, "accuracy": acc, "steps_trained": 500, "params": 1}
+            for v, w, acc in [("mamba", 64, 0.3), ("mamba", 128, 0.97), ("lstm", 64, 0.25)]]
+    pd.DataFrame(rows).to_parquet(models / recall_grid.PUBLISHED)
+    monkeypatch.setenv("WB_MODELS", str(models))
+    monkeypatch.setenv("WB_ARTIFACTS", str(tmp_path / "artifacts"))
+    page = Path(__file__).resolve().parents[1] / "app" / "pages" / "1_Models.py"
+    at = AppTest.from_file(str(page), default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("Recall sweep" in h.value for h in at.header)
+    assert any("| mamba | 30.0% (lr 0.001, 500 steps; 1 lr) | 97.0%" in m.value for m in at.markdown)
+    assert any("test curves on the test split of recall" in c.value for c in at.caption)

@@ -165,6 +165,12 @@ def curves_caption(card: dict) -> str:
     """Which task the curves measure, and how that differs from the card's test accuracy."""
     trained = str((card.get("task") or {}).get("name", "?"))
     tested = str((card.get("eval_task") or {}).get("name", trained))
+    curve_task = card.get("curves_test_task")
+    if curve_task:  # built since issue #16: the test curves measure what the card measures
+        return widgets.md_escape(
+            f"The train loss is measured on {trained}'s training batches; the test curves on the test split of "
+            f"{curve_task.get('name', '?')}, the task the card's test accuracy is measured on (accuracy: every "
+            "answer of a row right).")
     text = (f"Curves are measured on the training task {trained} (loss on its training batches, the rest on its "
             f"test split); accuracy counts a row right only when every answer in it is right.")
     if tested != trained:
@@ -221,6 +227,23 @@ def show_comparison(cards: list[dict]) -> None:
     st.plotly_chart(comparison_figure(picked, picked_labels), key="compare_bars")
 
 
+def show_recall_grid() -> None:
+    """Issue #16's recall sweep (Zoology's plot): best accuracy against d_model per architecture."""
+    table = widgets.recall_grid_table()
+    if table is None:
+        return
+    from workbench.zoo import recall_grid
+
+    st.header("Recall sweep: which architectures solve recall, at which width")
+    st.caption(f"`wb zoo recall-sweep`: each architecture at d_model 64/128/256 and several learning rates, trained "
+               f"on recall_multi, stopped early at 99% single-query recall; {len(table)} runs finished. Points: the "
+               "best learning rate per width.")
+    st.plotly_chart(recall_grid.sweep_figure(table), key="recall_grid")
+    st.markdown(recall_grid.markdown_table(table))
+    with st.expander("Every run"):
+        st.dataframe(table, hide_index=True)
+
+
 def main() -> None:
     st.set_page_config(page_title="Models · Workbench", layout="wide")
     st.title("Model zoo")
@@ -235,6 +258,7 @@ def main() -> None:
     show_card(card)
     show_curves(card)
     show_comparison(cards)
+    show_recall_grid()
 
 
 main()

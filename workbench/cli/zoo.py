@@ -119,6 +119,9 @@ def zoo_recall_sweep(
     steps: Annotated[int, typer.Option(min=1, help="Step budget per run (early stop at 99%).")] = 2000,
     workers: Annotated[int, typer.Option(min=1, help="Processes sharing the grid (one thread each).")] = 1,
     table_only: Annotated[bool, typer.Option("--table", help="Only collect and print the table.")] = False,
+    publish: Annotated[bool, typer.Option(help="Also copy the table beside the zoo (models/recall-sweep.parquet), "
+                                               "for the Models page and the README.")] = False,
+    models: ModelsOpt = None,
     artifacts: ArtifactsOpt = None,
     progress: ProgressOpt = True,
 ):
@@ -157,4 +160,9 @@ def zoo_recall_sweep(
         atomic_write_text(folder / "figure.json", recall_grid.sweep_figure(table).to_json())
         atomic_write_text(folder / "table.md", recall_grid.markdown_table(table) + "\n")
         catalog.register("sweep", "recall", folder, {"runs": len(table), "variants": sorted(table.variant.unique())})
+        if publish:
+            from workbench.store import models_root
+            from workbench.store.atomic import atomic_write_parquet
+
+            atomic_write_parquet(models_root(models) / recall_grid.PUBLISHED, table)
     typer.echo(recall_grid.markdown_table(table))

@@ -59,6 +59,7 @@ STOP_AT = 0.99
 EVAL_TASK = {"name": "recall"}
 MEASURE_EXAMPLES = 2000
 SWEEP_DIR = Path("sweeps") / "recall"
+PUBLISHED = "recall-sweep.parquet"  # the committed copy of the table, beside the zoo (models/)
 
 
 @dataclass(frozen=True)
