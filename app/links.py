@@ -82,4 +82,4 @@ def features_target(params: Mapping) -> tuple[Path, int, int] | None:
     return folder, _whole(params, "layer"), _whole(params, "feature")
 
 
-__all__ = ["FEATURES_PAGE", "GRAPH_PAGE", "PARAMS", "features_link", "features_params", "graph_link", "features_target", "relative_set"]
+__all__ = ["FEATURES_PAGE", "GRAPH_PAGE", "PARAMS", "features_link", "features_params", "features_target", "graph_link", "relative_set"]

@@ -2,8 +2,8 @@
 the zoo table, curve figures, the dictionary picker and feature panel, and the two ways file content
 reaches the screen (plain text, or the escaped token highlighter).
 
-Sibling modules hold what is too heavy to load on every page: ``graph_view.py`` (the layered graph
-figure, shared by any page that draws a graph), ``graph_data.py`` / ``graph_sources.py`` (what a graph
+Sibling modules hold what is too heavy to load on every page: ``graph_view.py`` (the payload of the
+client-side graph viewer, ``components/graph_viewer``), ``graph_data.py`` / ``graph_sources.py`` (what a graph
 page draws and where graphs come from; they import torch) and ``feature_data.py`` (feature tables).
 A new page is one file in ``app/pages/`` that imports what it needs from these.
 

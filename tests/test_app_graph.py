@@ -318,3 +318,17 @@ def test_file_thresholds_keep_the_viewers_nodes(app_modules):
     assert 0 < len(strongest) < len(gf.links)
 
 
+
+
+def test_a_link_opens_the_graph_it_names():
+    save_graph(synthetic_graph(200, seed=1), "older")
+    save_graph(synthetic_graph(200, seed=2), "newer")
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.query_params["graph"] = "older"  # links.graph_link, as the Features page writes it
+    at.run()
+    assert not at.exception and viewer(at)["graph"]["key"].startswith("catalog:older:")
+    assert at.selectbox(key="graph_pick").value == 1  # the picker follows (newest first)
+    at = AppTest.from_file(PAGE, default_timeout=TIMEOUT)
+    at.query_params["graph"] = "gone"
+    at.run()
+    assert "names graph gone" in at.warning[0].value and viewer(at)["graph"]["key"].startswith("catalog:newer:")

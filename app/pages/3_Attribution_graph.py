@@ -60,8 +60,10 @@ def scores_of(key: str, node_threshold: float, edge_threshold: float, _graph) ->
             "Completeness (pruned)": kept[1]}
 
 
-def read_url_once() -> None:
-    """Step 1: on a session's first run, the URL picks the source and the graph (before their widgets)."""
+def read_url() -> None:
+    """Step 1: on a session's first run (a page load: a reload or a followed link) the URL picks the
+    source and the graph, before their widgets are drawn. Only then: on later runs the browser may still
+    hold the URL of a run before the last, and must not undo a choice made since."""
     if st.session_state.get("graph_url_read"):
         return
     st.session_state["graph_url_read"] = True
@@ -76,16 +78,15 @@ def read_url_once() -> None:
 
 
 def enter(opened: graph_sources.Opened) -> dict:
-    """The opened graph's view state: kept while it stays open; on opening, the URL's (when it names
-    this graph), else the graph's saved view, else its own thresholds."""
-    if st.session_state.get("graph_key") != opened.key:
-        st.session_state["graph_key"] = opened.key
-        state = graph_data.clean_state(opened.state, opened.thresholds)
-        params = st.session_state.pop("graph_url_params", None)
-        if params:
-            source, from_url = graph_data.state_from_query(params, (state["nodeThreshold"], state["edgeThreshold"]))
-            state = from_url if source and source == opened.source else state
-        st.session_state["graph_state"] = state
+    """The opened graph's view state: kept while it stays open; a new URL naming this graph sets it;
+    else, on opening, the graph's saved view, else its own thresholds."""
+    params = st.session_state.pop("graph_url_params", None)
+    state = graph_data.clean_state(opened.state, opened.thresholds)
+    source, from_url = graph_data.state_from_query(params or {}, (state["nodeThreshold"], state["edgeThreshold"]))
+    if params and source and source == opened.source:
+        st.session_state["graph_key"], st.session_state["graph_state"] = opened.key, from_url
+    elif st.session_state.get("graph_key") != opened.key:
+        st.session_state["graph_key"], st.session_state["graph_state"] = opened.key, state
     return st.session_state["graph_state"]
 
 
@@ -99,8 +100,9 @@ def follow_viewer(value: dict | None, state: dict) -> dict:
     return state
 
 
-def write_url(opened: graph_sources.Opened, state: dict) -> None:
-    query = graph_data.state_to_query(opened.source, state) if opened.source else {}
+def write_url(opened: graph_sources.Opened | None, state: dict | None = None) -> None:
+    """The URL names the open graph and its view (nothing when no graph is open, or an upload is)."""
+    query = graph_data.state_to_query(opened.source, state) if opened is not None and opened.source else {}
     if st.query_params.to_dict() != query:
         st.query_params.from_dict(query)
 
@@ -230,10 +232,12 @@ def show_graph(opened: graph_sources.Opened) -> None:
 def main() -> None:
     st.set_page_config(page_title="Attribution graph · Workbench", layout="wide")
     st.title("Attribution graph")
-    read_url_once()
+    read_url()
     source = st.radio("Source", list(SOURCES), horizontal=True, key="graph_source")
     opened = SOURCES[source]()
-    if opened is not None:
+    if opened is None:
+        write_url(None)
+    else:
         show_graph(opened)
 
 

@@ -39,7 +39,8 @@ function featureCardHtml(G, i, withLink) {
   parts.push(effectsHtml(card));
   const link = G.links[G.card[i]];
   if (withLink && link) {
-    const href = new URL(link, window.location.origin + "/").href;
+    // the frame is served at <app>/component/<name>/index.html: the page's link is relative to <app>/
+    const href = new URL(link, window.location.href.split("/component/")[0] + "/").href;
     parts.push(`<div><a href="${esc(href)}" target="_blank" rel="noopener" class="features-link">Open in the Features page</a></div>`);
   }
   return parts.join("");

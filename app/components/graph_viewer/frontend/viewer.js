@@ -169,7 +169,7 @@ function draw() {  // the painted base (edges dimmed under a selection), then wh
   ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
   const r = L.radius;
   for (const i of S.multi) ring(ctx, L.px[i], L.py[i], r + 5, "#0ea5e9", [3, 2]);
-  if (S.selected !== null && V.node[S.selected]) ring(ctx, L.px[S.selected], L.py[S.selected], r + 6, "#dc2626");
+  if (S.selected !== null && V.node[S.selected] && S.selectedGroup === null) ring(ctx, L.px[S.selected], L.py[S.selected], r + 6, "#dc2626");
   if (S.hover !== null && V.node[S.hover]) ring(ctx, L.px[S.hover], L.py[S.hover], r + 2, "#0f172a");
 }
 
