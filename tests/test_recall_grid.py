@@ -64,8 +64,14 @@ def test_xlstm_init_follows_the_reference_small_and_wang_inits():
                              (slstm.W_i.weight, small), (slstm.W_o.weight, small),
                              (mlstm.proj_down.weight, wang), (model.blocks[1].mlp.proj_down.weight, wang)]:
         assert weight.std().item() == pytest.approx(expected, rel=0.12)
-    # the old fan-in init would give blocks of 4 a std of sqrt(2 / 20) = 0.32, 4.9x the reference's
+    # the legacy fan-in init (kept for the entries trained with it) gives blocks of 4 a std of
+    # sqrt(2 / 20) = 0.32, 4.9x the reference's
+    legacy = build_model(model_config("xlstm", VOCAB, CTX, d_model=d, n_layers=layers, n_heads=4, seed=0,
+                                      init="legacy"))
+    assert legacy.blocks[0].mixer.q_proj.weight.std().item() == pytest.approx(math.sqrt(2 / 20), rel=0.12)
     assert mlstm.q_proj.weight.std().item() < 0.1
+    with pytest.raises(ValueError, match="init.*reference.*legacy"):
+        model_config("xlstm", VOCAB, CTX, init="fan_in")
 
 
 def test_mamba_rescales_its_residual_outputs_as_the_reference():
@@ -73,9 +79,11 @@ def test_mamba_rescales_its_residual_outputs_as_the_reference():
     model = build_model(config)
     fan_in = model.blocks[0].mixer.out_proj.in_features
     default_std = 1 / math.sqrt(3 * fan_in)  # PyTorch's Linear default: uniform(+-1/sqrt(fan_in))
-    for block in model.blocks:
+    legacy = build_model({**config, "init": "legacy"})
+    for block, old in zip(model.blocks, legacy.blocks, strict=True):
         assert block.mixer.out_proj.weight.std().item() == pytest.approx(default_std / math.sqrt(2 * 3), rel=0.1)
         assert torch.count_nonzero(block.mlp.W_out.bias) == 0
+        assert old.mixer.out_proj.weight.std().item() == pytest.approx(default_std, rel=0.1)
 
 
 def test_early_stop_ends_at_the_first_evaluation_that_reaches_the_target(tmp_path):

@@ -162,7 +162,8 @@ RULES: dict[str, Field] = {
     "d_head": POSITIVE_INT,
     "dt_rank": Field(int, low=1, also=("auto",)),
     "slstm_at": Field(list, item=NON_NEGATIVE_INT),
-    "conv_kernel": NON_NEGATIVE_INT,  # 0: no short conv (minGRU, LSTM); xLSTM's conv needs >= 1 and says so
+    "conv_kernel": NON_NEGATIVE_INT,
+    "init": Field(str, choices=("reference", "legacy")),  # xLSTM, Mamba: the initialisation scheme  # 0: no short conv (minGRU, LSTM); xLSTM's conv needs >= 1 and says so
     "proj_factor": POSITIVE,
     "ffn_proj_factor": POSITIVE,
     "norm": Field(str, choices=("layer", "rms")),

@@ -22,7 +22,8 @@ projections, a bias on the conv. The residual outputs are rescaled at init as th
 ``_init_weights(rescale_prenorm_residual=True)``: out_proj's weight (PyTorch's default draw) divided by
 sqrt(n_residuals_per_layer * n_layers), with 2 residual branches per layer here (mixer and MLP, as the
 reference's MambaLMHeadModel counts them when a block has an MLP), and the MLP's output weight with it;
-the MLP's biases start at 0 (the reference zeroes every Linear bias except dt_proj's). ``A_log`` and
+the MLP's biases start at 0 (the reference zeroes every Linear bias except dt_proj's). ``init: "legacy"``
+skips this rescale (the scheme before issue #16, kept so older zoo entries rebuild to their cards). ``A_log`` and
 ``D`` carry ``_no_weight_decay`` as in the reference
 (a trainer that honours it keeps weight decay from pulling the decay rates toward A = -1).
 
@@ -130,6 +131,7 @@ DEFAULTS = {
     "d_state": 16,  # N
     "d_conv": 4,
     "dt_rank": "auto",  # ceil(d_model / 16)
+    "init": "reference",  # or "legacy": no residual rescale (the scheme before issue #16; module docstring)
 }
 
 DT_MIN, DT_MAX, DT_FLOOR = 1e-3, 1e-1, 1e-4  # the reference implementation's dt initialisation
@@ -334,6 +336,8 @@ RESIDUALS_PER_LAYER = 2  # the mixer's and the MLP's branches
 
 def build(config: dict) -> BlockLM:
     model = BlockLM(ArchConfig(config), make_mixer=lambda cfg, _layer: MambaMixer(cfg))
+    if model.cfg.get("init", "reference") == "legacy":
+        return model
     scale = math.sqrt(RESIDUALS_PER_LAYER * model.cfg.n_layers)  # module docstring: the reference's rescale
     with torch.no_grad():
         for block in model.blocks:

@@ -43,8 +43,13 @@ GatedFeedForward), checked against it on the same shapes in tests/test_recall_gr
 - mLSTM i/f gate weights 0, forget bias linspace(3, 6) over heads, input bias N(0, 0.1); sLSTM biases
   and recurrent matrices in xlstm_cells.py; learnable skip 1; the conv PyTorch's default (as the
   reference). The MLP added to mLSTM blocks is the shared MLP (BlockLM's init, as every architecture),
-  and so are the embedding and unembedding: comparisons across architectures differ in the blocks only. Norms: LayerNorm pre-norms and per-head GroupNorms (Norm with
-groups; the reference's have no bias, ours start at 0). Block widths are not rounded up to multiples
+  and so are the embedding and unembedding: comparisons across architectures differ in the blocks only.
+- ``init: "legacy"`` keeps the scheme before issue #16 (headwise blocks N(0, 2 / (5 block fan-in)),
+  PyTorch's default for the up/down projections), so that zoo entries trained with it rebuild to their
+  cards' numbers.
+
+Norms: LayerNorm pre-norms and per-head GroupNorms (Norm with groups; the reference's have no bias,
+ours start at 0). Block widths are not rounded up to multiples
 of 64 as in the reference (that only serves GPU kernels).
 
 Carried state per block: mLSTM ``(conv window, (C, n, m))``; sLSTM ``(conv window, (c, n, m, h))``.
@@ -74,6 +79,7 @@ DEFAULTS = {
     "ffn_proj_factor": 1.3,  # the sLSTM block's gated FFN
     "act_fn": "gelu",
     "norm": "layer",
+    "init": "reference",  # or "legacy" (module docstring)
 }
 
 
@@ -89,16 +95,22 @@ def wang_init_(weight: torch.Tensor, d_model: int, n_layers: int) -> torch.Tenso
         return weight.normal_(0.0, 2 / n_layers / math.sqrt(d_model))
 
 
+def reference_init(cfg: ArchConfig) -> bool:
+    """The reference's initialisation (``init: "reference"``), or the pre-issue-#16 one (``"legacy"``)."""
+    return cfg.get("init", "reference") == "reference"
+
+
 class HeadwiseLinear(nn.Module):
     """Block-diagonal linear map: ``n_blocks`` independent square blocks (reference LinearHeadwiseExpand),
-    small-initialised with the model width ``d_model`` (module docstring)."""
+    small-initialised with the model width ``d_model`` (module docstring); ``None``: with the block's own
+    fan-in (the legacy init)."""
 
-    def __init__(self, width: int, n_blocks: int, d_model: int):
+    def __init__(self, width: int, n_blocks: int, d_model: int | None):
         super().__init__()
         if width % n_blocks:
             raise ValueError(f"width {width} is not divisible into {n_blocks} blocks")
         size = width // n_blocks
-        self.weight = nn.Parameter(small_init_(torch.empty(n_blocks, size, size), d_model))
+        self.weight = nn.Parameter(small_init_(torch.empty(n_blocks, size, size), d_model or size))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         blocks = x.unflatten(-1, (self.weight.shape[0], -1))
@@ -108,7 +120,8 @@ class HeadwiseLinear(nn.Module):
 class GatedFFN(nn.Module):
     """``W_down(act(W_g x) * W_u x)``, act(W_g x) behind ``hook_act_gate`` (reference GatedFeedForward)."""
 
-    def __init__(self, d_model: int, proj_factor: float, act: str = "gelu", n_layers: int = 1):
+    def __init__(self, d_model: int, proj_factor: float, act: str = "gelu", n_layers: int = 1,
+                 reference: bool = True):
         super().__init__()
         acts = {"gelu": F.gelu, "relu": F.relu, "silu": F.silu}
         if act not in acts:
@@ -116,8 +129,9 @@ class GatedFFN(nn.Module):
         self.act, width = acts[act], round(proj_factor * d_model)
         self.proj_up = nn.Linear(d_model, 2 * width, bias=False)
         self.proj_down = nn.Linear(width, d_model, bias=False)
-        small_init_(self.proj_up.weight, d_model)
-        wang_init_(self.proj_down.weight, d_model, n_layers)
+        if reference:
+            small_init_(self.proj_up.weight, d_model)
+            wang_init_(self.proj_down.weight, d_model, n_layers)
         for name in ("pre", "act_gate", "up", "post"):
             setattr(self, f"hook_{name}", HookPoint())
 
@@ -140,8 +154,11 @@ class MLSTMLayer(nn.Module):
         self.proj_up = nn.Linear(cfg.d_model, 2 * inner, bias=False)
         self.conv = CausalConv1d(inner, cfg.conv_kernel)
         blocks = inner // cfg.qkv_blocksize
-        self.q_proj, self.k_proj, self.v_proj = (HeadwiseLinear(inner, blocks, cfg.d_model) for _ in range(3))
-        small_init_(self.proj_up.weight, cfg.d_model)
+        self.reference_init = reference_init(cfg)
+        init_dim = cfg.d_model if self.reference_init else None
+        self.q_proj, self.k_proj, self.v_proj = (HeadwiseLinear(inner, blocks, init_dim) for _ in range(3))
+        if self.reference_init:
+            small_init_(self.proj_up.weight, cfg.d_model)
         self.igate, self.fgate = nn.Linear(3 * inner, heads), nn.Linear(3 * inner, heads)
         with torch.no_grad():
             for gate in (self.igate, self.fgate):
@@ -152,7 +169,8 @@ class MLSTMLayer(nn.Module):
         self.outnorm = Norm(inner, "layer", groups=heads)
         self.learnable_skip = nn.Parameter(torch.ones(inner))
         self.proj_down = nn.Linear(inner, cfg.d_model, bias=False)
-        wang_init_(self.proj_down.weight, cfg.d_model, cfg.n_layers)
+        if self.reference_init:
+            wang_init_(self.proj_down.weight, cfg.d_model, cfg.n_layers)
         self.hook_conv_gate, self.hook_o_gate = HookPoint(), HookPoint()
 
     def forward(self, x: torch.Tensor, state: tuple | None = None):
@@ -175,7 +193,8 @@ class SLSTMLayer(nn.Module):
         super().__init__()
         d, heads = cfg.d_model, cfg.n_heads
         self.conv = CausalConv1d(d, cfg.conv_kernel)
-        self.W_i, self.W_f, self.W_z, self.W_o = (HeadwiseLinear(d, heads, d) for _ in range(4))
+        init_dim = d if reference_init(cfg) else None
+        self.W_i, self.W_f, self.W_z, self.W_o = (HeadwiseLinear(d, heads, init_dim) for _ in range(4))
         self.cell = SLSTMCell(d, heads, layer, cfg.n_layers)
         self.group_norm = Norm(d, "layer", groups=heads)
         self.hook_conv_gate = HookPoint()
@@ -207,7 +226,7 @@ def build(config: dict) -> BlockLM:
 
     def make_mlp(c: ArchConfig, layer: int) -> nn.Module:
         if layer in slstm:
-            return GatedFFN(c.d_model, c.ffn_proj_factor, c.act_fn, c.n_layers)
+            return GatedFFN(c.d_model, c.ffn_proj_factor, c.act_fn, c.n_layers, reference_init(c))
         return MLP(c.d_model, c.d_mlp, c.act_fn)
 
     return BlockLM(cfg, make_mixer, make_mlp)
