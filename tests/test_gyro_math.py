@@ -101,6 +101,9 @@ def test_distance_is_invariant_under_left_translations(cp):
     before = gyro.dist(x, y, c)
     after = gyro.dist(gyro.mobius_add(a, x, c, project=False), gyro.mobius_add(a, y, c, project=False), c)
     assert torch.allclose(before, after, rtol=1e-7, atol=1e-8)
+    # gyrations are isometries too (automorphisms of the disc fixing 0)
+    rotated = gyro.dist(gyro.gyration(a, x, x, c), gyro.gyration(a, x, y, c), c)
+    assert torch.allclose(before, rotated, rtol=1e-7, atol=1e-8)
 
 
 @PROPERTY

@@ -37,7 +37,7 @@ VOCAB, N_POS = 20, 7
 ARCHS = sorted(TINY_CONFIGS)
 EXPECTED_STATE_KINDS = {"transformer": [], "rwkv": ["rwkv_channel"], "mamba": ["mamba_state_n", "mamba_state_d"],
                         "xlstm": ["mlstm_head", "slstm_head"], "mingru": ["mingru_unit"], "lstm": ["lstm_unit"],
-                        "tokenformer": [], "ebt": []}
+                        "tokenformer": [], "ebt": [], "gyro": []}
 
 
 def _model(arch: str, seed: int = 0):

@@ -29,7 +29,7 @@ from workbench.interventions.path_patching import path_patch, receivers, senders
 
 VOCAB, CTX, F64 = 24, 16, torch.float64
 ARCHS = architecture_names()
-RECURRENT = [a for a in ARCHS if a not in ("transformer", "tokenformer", "ebt")]  # the others carry state hooks
+RECURRENT = [a for a in ARCHS if a not in ("transformer", "tokenformer", "ebt", "gyro")]  # the others carry state hooks
 
 
 def tiny(arch: str, **overrides):

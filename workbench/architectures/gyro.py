@@ -224,8 +224,21 @@ class GyroLM(SharedHookNames, HookedRootModule):
         self.ln_final = Norm(cfg.d_model, cfg.get("norm", "rms"))
         self.hook_final = HookPoint()
         self.unembed = nn.Linear(cfg.d_model, cfg.d_vocab, bias=False)
+        self._shrink_updates()
         self.setup()
         self.register_hook_aliases({})
+
+    @torch.no_grad()
+    def _shrink_updates(self) -> None:
+        """Start every update near the origin. With nn.Linear's default scale the values and each
+        sublayer's output reach tanh(2-3) of the radius, and the stream sits at the float32 clamp
+        (0.996 of the radius) by layer 1, where Mobius addition barely moves it and the projection
+        erases what it carries; a 2-layer recall model stayed on the copy-a-value plateau so."""
+        for block in self.blocks:
+            block.attn.W_v.weight.mul_(0.25)
+            for out in (block.attn.W_o, block.mlp.W_out):
+                out.weight.mul_(0.1)
+                out.bias.zero_()
 
     def forward(self, tokens: torch.Tensor, state: list | None = None, return_state: bool = False):
         if tokens.dim() != 2 or tokens.dtype != torch.long:
