@@ -163,3 +163,26 @@ def test_models_page_draws_the_published_sweep_and_the_curves_caption(tmp_path, 
     assert any("Recall sweep" in h.value for h in at.header)
     assert any("| mamba | 30.0% (lr 0.001, 500 steps; 1 lr) | 97.0%" in m.value for m in at.markdown)
     assert any("test curves on the test split of recall" in c.value for c in at.caption)
+
+
+def test_a_promoted_run_builds_into_the_zoo_without_training_and_rebuilds_the_same(tmp_path, monkeypatch):
+    from safetensors.torch import load_file
+
+    from workbench.store import Catalog
+    from workbench.zoo.build import build_entry
+    from workbench.zoo.entries import ZooEntry
+
+    monkeypatch.setattr(recall_grid, "MEASURE_EXAMPLES", 40)
+    spec = recall_grid.RunSpec("mingru-conv4", 8, 3e-3, steps=4)
+    row = recall_grid.run_one(spec, tmp_path / "art")
+    entry = ZooEntry(name="mingru-recall-test", eval_examples=40, **recall_grid.entry_recipe(spec, row["steps_trained"]))
+    catalog = Catalog(tmp_path / "art")
+    recall_grid.promote(tmp_path / "art", spec, entry.name)
+    with pytest.raises(FileExistsError):
+        recall_grid.promote(tmp_path / "art", spec, entry.name)
+    promoted = build_entry(entry, tmp_path / "models", catalog, progress=False)
+    card = json.loads((promoted / "card.json").read_text())
+    assert card["metrics"]["test_accuracy"] == row["accuracy"]  # the run's own weights, measured alike
+    fresh = build_entry(entry, tmp_path / "models2", Catalog(tmp_path / "art2"), progress=False)
+    a, b = load_file(promoted / "model.safetensors"), load_file(fresh / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # retrained from scratch: same bytes

@@ -112,7 +112,7 @@ def build_entry(entry: ZooEntry, models_dir: Path, catalog: Catalog, progress: b
     # the curves measure what the card measures (a recall model trains on eight queries, is judged on one)
     eval_task = task_from_spec(entry.eval_task) if entry.eval_task else None
     result = train(config, task, entry.train, catalog.root / "runs" / entry.name, progress=progress,
-                   eval_task=eval_task)
+                   eval_task=eval_task, stop_after=entry.stop_after)
     metrics = measure(result.model, task_from_spec(entry.measured_task), entry.eval_examples)
     card = make_card(entry, task, config, result.model, metrics, result.tokens, result.elapsed_s)
     if eval_task is not None:  # the app's caption says which task the test curves measure

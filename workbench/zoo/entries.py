@@ -33,6 +33,10 @@ class ZooEntry:
     # More card sections, each "module:function" called as function(entry, model, config, task, eval_task,
     # runs_dir) -> dict merged into the card (workbench/zoo/ebt_steps.py: an EBT's steps curve).
     card_sections: tuple[str, ...] = ()
+    # Training ends at this step of the ``train.steps`` schedule (the learning rate still follows the
+    # whole schedule): a recall-sweep run that stopped early there, promoted into the zoo
+    # (recall_grid.promote), rebuilds to the same weights.
+    stop_after: int | None = None
 
     @property
     def measured_task(self) -> dict:

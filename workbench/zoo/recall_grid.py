@@ -15,7 +15,10 @@ plots the best accuracy against d_model. We do the same on the zoo's recall reci
    writer lock (:func:`workbench.store.names.sole_writer`), so several processes share one grid (each
    skips runs another holds or finished), and a killed run resumes from its checkpoint. A run that
    neither stopped early nor reached a larger ``--steps`` given later resumes to it (:func:`finished`).
-4. :func:`sweep_table` collects every ``result.json`` into ``table.parquet``; :func:`best_rows` keeps the
+4. A run that solves recall becomes a zoo entry with :func:`entry_recipe`'s fields; :func:`promote`
+   hands its checkpoints to ``wb zoo build``, which then trains nothing, while a fresh machine retrains
+   the entry to the same weights.
+5. :func:`sweep_table` collects every ``result.json`` into ``table.parquet``; :func:`best_rows` keeps the
    best learning rate per (variant, d_model), the points of Zoology's plot (:func:`sweep_figure`).
 """
 
@@ -147,6 +150,29 @@ def _train_and_measure(spec: RunSpec, folder: Path, progress: bool) -> dict:
     return row
 
 
+def entry_recipe(spec: RunSpec, steps_trained: int) -> dict:
+    """The ``ZooEntry`` fields that rebuild a grid run exactly: the same model, task, training config
+    and seed, stopped where the run stopped (``stop_after``; the learning-rate schedule is the run's)."""
+    arch, _extra, task = VARIANTS[spec.variant]
+    return {"architecture": arch, "task": task, "eval_task": EVAL_TASK, "model": spec.model_overrides(),
+            "train": spec.train_config(), "stop_after": steps_trained if steps_trained < spec.steps else None}
+
+
+def promote(root: Path, spec: RunSpec, entry_name: str) -> Path:
+    """Copy a finished run's checkpoints to ``<root>/runs/<entry_name>``, where ``wb zoo build`` looks:
+    the build then resumes at the run's last step and trains nothing (the entry must hold
+    :func:`entry_recipe`'s fields; a different config is refused by the trainer's resume check)."""
+    import shutil
+
+    source, target = run_dir(root, spec) / "checkpoints", root / "runs" / entry_name / "checkpoints"
+    if not (run_dir(root, spec) / "result.json").is_file():
+        raise FileNotFoundError(f"recall-sweep run {spec.name} has not finished; nothing to promote")
+    if target.exists():
+        raise FileExistsError(f"{target} exists; remove it to promote {spec.name} into {entry_name}")
+    shutil.copytree(source, target)
+    return target
+
+
 def sweep_table(root: Path) -> pd.DataFrame:
     """Every finished run's row (step 4), written to ``table.parquet`` beside the runs."""
     rows = [json.loads(p.read_text()) for p in sorted((root / SWEEP_DIR / "runs").glob("*/result.json"))]
@@ -214,5 +240,6 @@ def sweep_figure(table: pd.DataFrame):
     return fig
 
 
-__all__ = ["LRS", "VARIANTS", "WIDTHS", "RunSpec", "best_rows", "grid", "markdown_table", "run_one",
+__all__ = ["LRS", "VARIANTS", "WIDTHS", "RunSpec", "best_rows", "entry_recipe", "grid", "markdown_table", "promote",
+           "run_one",
            "smallest_solving", "sweep_figure", "sweep_table"]
