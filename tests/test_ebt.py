@@ -240,3 +240,14 @@ def test_thinking_section_counts_flops_and_matches_the_baseline(tmp_path):
     assert base["train_steps"] == min(5, base["flop_matched_steps"]) and base["capped"] == (base["flop_matched_steps"] > 5)
     assert [r["inference_steps"] for r in section["steps_curve"]] == list(STEPS)
     assert model.cfg.inference_steps == TINY_CONFIGS["ebt"]["inference_steps"]  # restored
+
+
+def test_entropy_weight_adds_minus_tau_times_the_entropy():
+    """E with entropy_weight tau = E without - tau H(y^): same weights (same seed), same inputs."""
+    plain, tempered = tiny(), tiny(entropy_weight=0.5)
+    toks = tokens(1, 6)
+    z = torch.randn(1, 6, VOCAB, dtype=F64)
+    y = torch.softmax(z, -1)
+    entropy = -(y * y.log()).sum(-1)
+    e0, e1 = plain.energy_of(z, plain.read_context(toks)), tempered.energy_of(z, tempered.read_context(toks))
+    assert torch.allclose(e1, e0 - 0.5 * entropy, atol=1e-12)

@@ -74,4 +74,4 @@ for card in cards:
     base = card["thinking"]["baseline"]
     st.caption(f"Transformer trained {base['train_steps']} steps (FLOP-matched: {base['flop_matched_steps']}"
                f"{', capped' if base['capped'] else ''}); an EBT training step costs {flops['ratio_per_step']}x "
-               "a Transformer step.")
+               "a Transformer step's FLOPs.")

@@ -36,17 +36,16 @@ FEATURES_DIR = "features"
 
 
 def unembedding_matrix(model) -> torch.Tensor:
-    """``[d_model, d_vocab]``: ``W_U`` of the transformer, ``unembed.weight.T`` of BlockLM models."""
-    from transformer_lens import HookedTransformer
-
-    from workbench.architectures.components import BlockLM
-
-    if isinstance(model, HookedTransformer):
+    """``[d_model, d_vocab]`` reading ``hook_final``: a transformer's ``W_U``, else the ``unembed`` linear
+    map's weight transposed (every other architecture, a user's included: the protocol in
+    docs/architectures.md)."""
+    if hasattr(model, "W_U"):
         return model.W_U
-    if isinstance(model, BlockLM):
-        return model.unembed.weight.T
-    raise TypeError(f"no unembedding known for {type(model).__name__}; supported: HookedTransformer (W_U), "
-                    "BlockLM (unembed.weight.T)")
+    unembed = getattr(model, "unembed", None)
+    if isinstance(unembed, torch.nn.Linear):
+        return unembed.weight.T
+    raise TypeError(f"no unembedding known for {type(model).__name__}: give it a W_U [d_model, d_vocab] or an "
+                    "`unembed` nn.Linear reading hook_final")
 
 
 def model_layer_of(hook: str) -> int:

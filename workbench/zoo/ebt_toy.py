@@ -29,7 +29,7 @@ from workbench.architectures.ebt import EnergyTransformer
 from workbench.tasks.base import Batch, masked_token_loss
 
 VOCAB = 3
-TOY_CONFIG = {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_mlp": 32, "inference_steps": 8,
+TOY_CONFIG = {"n_layers": 1, "d_model": 16, "n_heads": 2, "d_mlp": 32, "inference_steps": 8, "entropy_weight": 1.0,
               "train_steps_min": 1, "train_steps_max": 4}
 
 

@@ -50,6 +50,8 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "lstm": ("lstm", {}, RECALL_MULTI),
     "lstm-conv4": ("lstm", {"conv_kernel": 4}, RECALL_MULTI),
     "mingru-conv4-curriculum": ("mingru", {"conv_kernel": 4}, {"name": "recall", "min_pairs": 1}),
+    "tokenformer": ("tokenformer", {}, RECALL_MULTI),
+    "gyro": ("gyro", {}, RECALL_MULTI),
     "transformer": ("transformer", {"n_heads": 4}, RECALL_MULTI),
     "xlstm": ("xlstm", {"n_heads": 4, "slstm_at": []}, RECALL_MULTI),
 }
