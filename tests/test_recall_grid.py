@@ -108,8 +108,11 @@ def test_a_grid_run_records_its_result_once_and_skips_a_held_run(tmp_path, monke
     assert row["steps_trained"] == 3 and 0.0 <= row["accuracy"] <= 1.0 and row["examples"] == 50
     assert json.loads((recall_grid.run_dir(tmp_path, spec) / "result.json").read_text())["run"] == spec.name
     assert recall_grid.run_one(spec, tmp_path) == row  # finished: read back, not retrained
-    longer = recall_grid.run_one(recall_grid.RunSpec("mingru-conv4", 8, 3e-3, steps=5), tmp_path)
+    longer_spec = recall_grid.RunSpec("mingru-conv4", 8, 3e-3, steps=5)
+    longer = recall_grid.run_one(longer_spec, tmp_path)
     assert longer["steps_trained"] == 5 and longer["run"] == spec.name  # a larger budget resumes the run
+    with pytest.raises(ValueError, match="schedule changed midway"):  # a fresh build would not reach it
+        recall_grid.promote(tmp_path, longer_spec, "mingru-recall")
     other = recall_grid.RunSpec("lstm", 8, 1e-3, steps=3)
     with sole_writer(recall_grid.run_dir(tmp_path, other), "test"):
         assert recall_grid.run_one(other, tmp_path) is None

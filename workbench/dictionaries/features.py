@@ -10,7 +10,8 @@ pad``); each dictionary layer's features are its own rows, named by (member, lay
   sequence index, position, activation, the token, and the window ``window`` tokens either side as
   text with the token marked ``[[tok]]``.
 - histogram: bin 0 counts the tokens where the feature is exactly 0; bins 1..``n_bins`` split the
-  feature's nonzero activations evenly over ``[min, max]`` of those values. Counts sum to the tokens.
+  feature's nonzero activations evenly over ``[min, max]`` of those values. Counts sum to the tokens;
+  bins 1.. that hold nothing are not stored (a sparse feature's histogram is mostly empty bins).
 - density: fraction of tokens where the feature is nonzero.
 - direct logit effects: the feature's decoder direction in model units (summed over the layers a CLT
   feature writes to, divided by the output scales) times the unembedding ``W_U`` ``[d_model, vocab]``;
@@ -177,10 +178,11 @@ def layer_histograms(acts: torch.Tensor, n_bins: int) -> pd.DataFrame:
     edges = lo[:, None] + width[:, None] * torch.arange(n_bins + 1)[None]
     bin_lo = torch.cat([torch.zeros(n_features, 1), edges[:, :-1]], dim=1)
     bin_hi = torch.cat([torch.zeros(n_features, 1), edges[:, 1:]], dim=1)
-    return pd.DataFrame({"feature": torch.arange(n_features).repeat_interleave(n_bins + 1).numpy(),
-                         "bin": torch.arange(n_bins + 1).repeat(n_features).numpy(),
-                         "lo": bin_lo.reshape(-1).numpy(), "hi": bin_hi.reshape(-1).numpy(),
-                         "count": counts.reshape(-1).numpy()})
+    frame = pd.DataFrame({"feature": torch.arange(n_features).repeat_interleave(n_bins + 1).numpy(),
+                          "bin": torch.arange(n_bins + 1).repeat(n_features).numpy(),
+                          "lo": bin_lo.reshape(-1).numpy(), "hi": bin_hi.reshape(-1).numpy(),
+                          "count": counts.reshape(-1).numpy()})
+    return frame[(frame["bin"] == 0) | (frame["count"] > 0)].reset_index(drop=True)  # empty bins: not stored
 
 
 def layer_features(acts: torch.Tensor, effects: torch.Tensor, tokenizer, n_logits: int) -> pd.DataFrame:

@@ -160,6 +160,12 @@ def entry_recipe(spec: RunSpec, steps_trained: int) -> dict:
             "train": spec.train_config(), "stop_after": steps_trained if steps_trained < spec.steps else None}
 
 
+def budget_grew(root: Path, spec: RunSpec) -> bool:
+    """Whether the run was resumed with a larger ``steps`` (the trainer notes it in ``train.log``)."""
+    log = run_dir(root, spec) / "train.log"
+    return log.is_file() and "train.steps:" in log.read_text()
+
+
 def promote(root: Path, spec: RunSpec, entry_name: str) -> Path:
     """Copy a finished run's checkpoints to ``<root>/runs/<entry_name>``, where ``wb zoo build`` looks:
     the build then resumes at the run's last step and trains nothing (the entry must hold
@@ -169,10 +175,34 @@ def promote(root: Path, spec: RunSpec, entry_name: str) -> Path:
     source, target = run_dir(root, spec) / "checkpoints", root / "runs" / entry_name / "checkpoints"
     if not (run_dir(root, spec) / "result.json").is_file():
         raise FileNotFoundError(f"recall-sweep run {spec.name} has not finished; nothing to promote")
+    if budget_grew(root, spec):
+        raise ValueError(f"recall-sweep run {spec.name} was resumed with a larger step budget, so its learning-rate "
+                         "schedule changed midway and a fresh build would not reach its weights; build the entry "
+                         "from scratch instead (wb zoo build --only NAME)")
     if target.exists():
         raise FileExistsError(f"{target} exists; remove it to promote {spec.name} into {entry_name}")
     shutil.copytree(source, target)
     return target
+
+
+def card_section(table: pd.DataFrame, architecture: str) -> dict:
+    """The ``recall_grid`` field of an architecture's recall card: its variants' best run per width, and
+    the references' for comparison (the evidence behind the entry's size, or behind its miss)."""
+    arch_of = {name: arch for name, (arch, _extra, _task) in VARIANTS.items()}
+    best = best_rows(table)
+    best = best[best.variant.map(lambda v: arch_of.get(v) in (architecture, *REFERENCES))]
+    keep = ["variant", "d_model", "lr", "accuracy", "steps_trained", "stopped_early", "params"]
+    rows = [{k: (None if pd.isna(r[k]) else r[k]) for k in keep if k in r} for r in best.to_dict("records")]
+    return {"recall_grid": {"command": "wb zoo recall-sweep", "table": f"models/{PUBLISHED}", "runs": len(table),
+                            "best_per_width": rows}}
+
+
+def zoo_card_section(entry, _model, _config, _task, _eval_task, _runs_dir) -> dict:
+    """Card section hook for ``ZooEntry.card_sections``: the published sweep's rows for this architecture."""
+    from workbench.store import models_root
+
+    path = models_root() / PUBLISHED
+    return card_section(pd.read_parquet(path), entry.architecture) if path.is_file() else {}
 
 
 def sweep_table(root: Path) -> pd.DataFrame:
