@@ -189,3 +189,24 @@ def test_a_promoted_run_builds_into_the_zoo_without_training_and_rebuilds_the_sa
     fresh = build_entry(entry, tmp_path / "models2", Catalog(tmp_path / "art2"), progress=False)
     a, b = load_file(promoted / "model.safetensors"), load_file(fresh / "model.safetensors")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # retrained from scratch: same bytes
+
+
+def test_publishing_writes_each_recall_cards_grid_rows_and_keeps_its_checksums(tmp_path):
+    from workbench.cli.zoo import publish_into_cards
+    from workbench.store.integrity import checksum_problems, write_checksums
+
+    for name, arch, tested in [("mamba-recall", "mamba", "recall"), ("mamba-toyworld", "mamba", "toyworld")]:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "card.json").write_text(json.dumps({"name": name, "architecture": arch,
+                                                               "eval_task": {"name": tested}}))
+        write_checksums(tmp_path / name)
+    rows = [("mamba", "mamba", 64, 3e-3, 0.3), ("mamba", "mamba", 128, 3e-3, 0.96), ("lstm", "lstm", 64, 1e-3, 0.25),
+            ("transformer", "transformer", 64, 3e-3, 1.0)]
+    table = pd.DataFrame(rows, columns=["variant", "architecture", "d_model", "lr", "accuracy"])
+    table["steps_trained"], table["stopped_early"], table["params"] = 2000, None, 1
+    assert publish_into_cards(tmp_path, table) == ["mamba-recall"]
+    card = json.loads((tmp_path / "mamba-recall" / "card.json").read_text())
+    variants = [(r["variant"], r["d_model"]) for r in card["recall_grid"]["best_per_width"]]
+    assert variants == [("mamba", 64), ("mamba", 128), ("transformer", 64)]  # its own and the references
+    assert checksum_problems(tmp_path / "mamba-recall") == []
+    assert "recall_grid" not in json.loads((tmp_path / "mamba-toyworld" / "card.json").read_text())
