@@ -123,7 +123,7 @@ def test_a_grid_run_records_its_result_once_and_skips_a_held_run(tmp_path, monke
 
 def test_grid_order_and_unknown_variant():
     runs = recall_grid.grid(["lstm-conv4", "transformer"], widths=(64, 128))
-    assert [r.d_model for r in runs] == [64] * 5 + [128] * 5  # cheapest first
+    assert [r.d_model for r in runs] == [64] * 6 + [128] * 6  # cheapest first
     assert {r.lr for r in runs if r.variant == "transformer"} == set(recall_grid.REFERENCE_LRS)
     with pytest.raises(ValueError, match="unknown recall-sweep variant.*choose from: rwkv"):
         recall_grid.grid(["rwvk"])
