@@ -48,6 +48,7 @@ import shutil
 from contextlib import ExitStack
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from workbench.architectures.hooked import hook_name
@@ -257,14 +258,18 @@ def evaluate_set(bundle: ModelBundle, folder: Path, n_eval: int = 256, batch_siz
 
 
 def write_features(bundle: ModelBundle, folder: Path, catalog: Catalog, n_sequences: int = 128,
-                   seed: int = 0, **context_options) -> dict:
+                   seed: int = 0, half_windows: bool = False, **context_options) -> dict:
     """Feature data of every member (see :mod:`.features`), written under the set folder and catalogued;
-    ``context_options`` (``n_top``, ``n_per_band``, ``window``, ...) go to :func:`.features.feature_data`."""
+    ``context_options`` (``n_top``, ``n_per_band``, ``window``, ...) go to :func:`.features.feature_data`;
+    ``half_windows`` stores the per-token window activations (shading only) as float16."""
     folder = Path(folder)
     dictionaries, meta = load_set_for_model(bundle, folder)
     task = bundle_task(bundle)
     tokens = task.sample("train", n_sequences, seed).tokens
     frames = feature_data(bundle.model, dictionaries, tokens, bundle.tokenizer, seed=seed, **context_options)
+    if half_windows:
+        frames["contexts"]["window_activations"] = [np.asarray(v, dtype=np.float16)
+                                                    for v in frames["contexts"]["window_activations"]]
     f = frames["features"]
     summary = {"model": str(bundle.folder), "n_sequences": n_sequences, "seed": seed,
                "n_tokens": int((tokens != task.tokenizer.pad_id).sum()), "n_features": len(f),

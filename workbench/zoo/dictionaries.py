@@ -54,10 +54,12 @@ COMMON = {"activation": "topk", "k": 16, "n_features": 512, "steps": 1500, "batc
           "n_sequences": 2048}
 RECIPES = {"transcoders": {"kind": "transcoder", **COMMON}, "clt": {"kind": "clt", **COMMON}}
 N_GRAPH_PROMPTS = 20
-# The committed feature data keeps the 6 strongest contexts and 2 per quantile band, 5 tokens either side,
-# and 6 top and bottom logit effects (the library's defaults, 10, 5, 8 and 10, made the feature files half of
-# models/, whose budget is 50 MB; issue #13).
-ZOO_CONTEXTS = {"n_top": 6, "n_per_band": 2, "window": 5, "n_logits": 6}
+# The committed feature data keeps the 5 strongest contexts and 1 in each of 3 quantile bands, 5 tokens
+# either side with float16 shading values, 12 histogram bins and 5 top and bottom logit effects (the
+# library's defaults, 10, 5 x 4, 8, 20 and 10, made the feature files a third of models/, whose budget is
+# 50 MB; issue #13).
+ZOO_CONTEXTS = {"n_top": 5, "n_bands": 3, "n_per_band": 1, "window": 5, "n_bins": 12, "n_logits": 5,
+                "half_windows": True}
 COMMITTED_DTYPE = torch.float16
 VALIDATION_TOP_K = 10
 NODE_THRESHOLD, EDGE_THRESHOLD = 0.8, 0.98
