@@ -49,7 +49,7 @@ def register_architecture(name: str, build: Callable[[dict], torch.nn.Module], d
     if name in ARCHITECTURES and not replace and ARCHITECTURES[name] is not build:
         raise ValueError(f"architecture {name!r} is already registered; pass replace=True to swap it")
     if not callable(build) or not isinstance(defaults, dict):
-        raise ValueError(f"register_architecture({name!r}) needs a callable builder and a dict of defaults")
+        raise TypeError(f"register_architecture({name!r}) needs a callable builder and a dict of defaults")
     ARCHITECTURES[name] = build
     DEFAULTS[name] = dict(defaults)
 
