@@ -26,4 +26,4 @@ demo: install
 	$(PY) -m workbench demo --host $(HOST) --port $(PORT)
 
 lint: install
-	$(VENV)/bin/ruff check workbench kernels app tests benchmarks
+	$(VENV)/bin/ruff check workbench app tests benchmarks examples

@@ -1,4 +1,4 @@
-"""The mLSTM kernel paths (kernels/mlstm.py) against the per-step reference: values and gradients.
+"""The mLSTM kernel paths (workbench/kernels/mlstm.py) against the per-step reference: values and gradients.
 
 Triton runs in its CPU interpreter; as in tests/test_kernels.py, ``TRITON_INTERPRET`` is set before any
 import, and in a whole-suite run (triton already imported without it) the Triton tests run in a child
@@ -15,6 +15,7 @@ os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest
 import torch
+
 from workbench.kernels import dispatch, gemm
 from workbench.kernels import mlstm as mlstm_kernels
 

@@ -15,7 +15,7 @@ agree (tests), each continuing from a carried state (C, n, m):
 - :func:`mlstm_parallel`: the attention-like form, log D_tj = sum_{l=j+1..t} log f_l + i~_j (j <= t),
   m_t = max_j log D_tj (row-wise), h~ = ((q k^T / sqrt d) * e^{log D - m}) v / max(|row sum|, e^{-m});
   memory [B, H, T, T], about 20x faster than the scan on CPU at the default sizes. It lives in
-  kernels/mlstm.py and runs through the dispatcher (``workbench.kernels.dispatch.mlstm``: chunkwise
+  workbench/kernels/mlstm.py and runs through the dispatcher (``workbench.kernels.dispatch.mlstm``: chunkwise
   beyond 64 tokens on the CPU, the chunkwise Triton kernel on a GPU, the per-step recurrence under
   ``WORKBENCH_KERNELS=reference``); it materialises no per-step state.
 - :func:`mlstm_gated`: the gated form, for frozen gates. Attribution freezes the gate hooks (q, k, i',
@@ -32,7 +32,7 @@ agree (tests), each continuing from a carried state (C, n, m):
   as one [T, T] @ [T, B d] matmul per head. Measured (1 thread, H = 4, d = 32, frozen gates at batch
   64): backward to v 2.8 ms against the scan's 920 ms at T = 64, 12.5 ms against 4.5 s at T = 256;
   forward 20 ms against 1.7 s at T = 64.
-- :func:`mlstm_recurrent`: one step at a time, the reference's step (kernels/mlstm.py's reference).
+- :func:`mlstm_recurrent`: one step at a time, the reference's step (workbench/kernels/mlstm.py's reference).
 :class:`MLSTMCell` runs the scan form when a hook is attached to a state hook point (``hook_m``,
 ``hook_C``, ``hook_n``: caching or patching the states), the gated form when hooks are attached only
 to the others (gates, scale, v, h: freezing, caching the gates) and the parallel form otherwise
@@ -251,7 +251,7 @@ def mlstm_gated(q, k, v, i_pre, f_pre, state: tuple | None = None, hooks=None):
 def mlstm_parallel(q, k, v, i_pre, f_pre, state: tuple | None = None):
     """The unhooked path (training, plain inference): the dispatcher's mLSTM, continuing from ``state``
     (C0, n0, m0); returns h~ and the state after the last token. On the CPU that is the stabilised
-    parallel form of the module docstring, chunked beyond ``TORCH_CHUNK`` tokens (kernels/mlstm.py);
+    parallel form of the module docstring, chunked beyond ``TORCH_CHUNK`` tokens (workbench/kernels/mlstm.py);
     on a GPU the chunkwise Triton kernel; with ``WORKBENCH_KERNELS=reference`` the per-step recurrence.
     No per-step state is materialised here: the hooks that need one (``hook_C``, ``hook_n``,
     ``hook_m``) make the cell take :func:`mlstm_scan` instead."""
