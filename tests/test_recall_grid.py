@@ -210,3 +210,10 @@ def test_publishing_writes_each_recall_cards_grid_rows_and_keeps_its_checksums(t
     assert variants == [("mamba", 64), ("mamba", 128), ("transformer", 64)]  # its own and the references
     assert checksum_problems(tmp_path / "mamba-recall") == []
     assert "recall_grid" not in json.loads((tmp_path / "mamba-toyworld" / "card.json").read_text())
+
+
+def test_worker_processes_get_the_arguments_without_the_workers_option():
+    from workbench.cli.zoo import without_option
+
+    argv = ["zoo", "recall-sweep", "--workers", "2", "--width", "128", "--workers=3", "--lr", "3e-3"]
+    assert without_option(argv, "--workers") == ["zoo", "recall-sweep", "--width", "128", "--lr", "3e-3"]

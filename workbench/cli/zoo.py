@@ -138,7 +138,7 @@ def zoo_recall_sweep(
     catalog = Catalog(artifacts)
     runs = recall_grid.grid(variant, tuple(width or recall_grid.WIDTHS), tuple(lr) if lr else None, steps)
     if not table_only and workers > 1:
-        args = [a for a in sys.argv[1:] if not a.startswith("--workers")]
+        args = without_option(sys.argv[1:], "--workers")
         children = [subprocess.Popen([sys.executable, "-m", "workbench", *args, "--workers", "1"])
                     for _ in range(workers)]
         for child in children:
@@ -185,3 +185,16 @@ def publish_into_cards(models_dir, table) -> list[str]:
         rewrite_json(card_path.parent, "card.json", {**card, **card_section(table, card["architecture"])})
         updated.append(card_path.parent.name)
     return updated
+
+
+def without_option(argv: list[str], option: str) -> list[str]:
+    """``argv`` without ``option`` and its value (``--workers 2`` or ``--workers=2``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            out.append(arg)
+    return out
