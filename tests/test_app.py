@@ -308,9 +308,9 @@ def panel_script(app: str, dictionary: str, layer: int, feature: int) -> None:
     import sys
 
     sys.path.insert(0, app)
-    import widgets
+    import feature_panel
 
-    widgets.feature_panel(dictionary, layer, feature)
+    feature_panel.feature_panel(dictionary, layer, feature)
 
 
 def panel(dictionary: str, layer: int, feature: int) -> AppTest:

@@ -6,8 +6,8 @@ graphs that draw it. A link (``Features?root=..&set=..&layer=..&feature=..``, :m
 feature, and the URL follows what is open.
 
 Reads the catalog, the set's ``features/`` folder (written by ``wb dict features``) and, for typed
-text, the set's model. The feature panel is :func:`widgets.feature_panel`, which the Attribution page
-shows for a clicked node; the other sections are in :mod:`feature_sections`.
+text, the set's model. The feature panel is :func:`feature_panel.feature_panel` (the graph viewer's
+feature cards link here); the other sections are in :mod:`feature_sections`.
 """
 
 import sys
@@ -21,6 +21,7 @@ APP_DIR = Path(__file__).resolve().parents[1]
 if str(APP_DIR) not in sys.path:
     sys.path.insert(0, str(APP_DIR))
 import feature_data
+import feature_panel
 import feature_sections
 import widgets
 
@@ -147,7 +148,7 @@ def main() -> None:
     feature = pick_feature(found, entry)
     feature_sections.keep_link(data.folder, layer, feature)
     label = feature_sections.label_editor(data, entry, member, layer, feature)
-    if not widgets.feature_panel(entry, layer, feature, member=member, key="features_panel", label=label):
+    if not feature_panel.feature_panel(entry, layer, feature, member=member, key="features_panel", label=label):
         return
     st.divider()
     row = feature_data.feature_rows(data.features, member, layer, feature).iloc[0]
