@@ -3,7 +3,7 @@
 Triton runs here in its CPU interpreter. ``triton.jit`` reads ``TRITON_INTERPRET`` when a function is
 defined: triton's own library functions (``tl.max``, ``tl.argmax``...) when triton is first imported,
 the workbench's kernels when ``workbench.kernels.gemm`` / ``.sparse`` are imported. So the variable is
-set at the top of this module, before any import. Run alone, that is early enough. In a whole-suite
+set by ``tests/triton_interpreted.py``, imported before the kernels. Run alone, that is early enough. In a whole-suite
 run, other test modules have already imported triton (transformer_lens imports it) without the
 variable, so the Triton-backend tests are skipped in-process and
 :func:`test_interpreted_kernels_in_a_child_process` runs them (``-k triton``) in a child process with
@@ -11,20 +11,12 @@ variable, so the Triton-backend tests are skipped in-process and
 Shapes are tiny and deliberately ragged (not multiples of the 16/32 blocks).
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
 import torch
+from triton_interpreted import IN_PROCESS, TRITON, in_child_only, run_triton_tests_in_child
+
 from workbench.kernels import dispatch, gemm
 
-IN_PROCESS = gemm.interpreted() or torch.cuda.is_available()
-TRITON = pytest.param("triton", marks=pytest.mark.skipif(
-    not IN_PROCESS, reason="triton was imported before TRITON_INTERPRET=1; run in a child process instead"))
 DTYPES = [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)]  # (dtype, relative tolerance)
 ENCODE_CASES = [  # (rows, d, features, k, mode): ragged everywhere; 70 features span three F tiles
     (5, 7, 37, 3, "topk"),
@@ -174,11 +166,6 @@ def test_dispatcher_rejects_bad_shapes():
         dispatch.sparse_decode(torch.zeros(2, 2, dtype=torch.int32), torch.zeros(2, 2), W.t())
 
 
-@pytest.mark.skipif(IN_PROCESS, reason="the Triton tests ran in this process")
+@in_child_only
 def test_interpreted_kernels_in_a_child_process():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", __file__, "-k", "triton"]
-    done = subprocess.run(command, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
-                          timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "20 passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-1000:]
+    run_triton_tests_in_child(__file__, 20)

@@ -1,27 +1,18 @@
 """The mLSTM kernel paths (workbench/kernels/mlstm.py) against the per-step reference: values and gradients.
 
-Triton runs in its CPU interpreter; as in tests/test_kernels.py, ``TRITON_INTERPRET`` is set before any
-import, and in a whole-suite run (triton already imported without it) the Triton tests run in a child
+Triton runs in its CPU interpreter; as in tests/test_kernels.py, ``TRITON_INTERPRET`` is set before the
+kernels are imported (tests/triton_interpreted.py), and in a whole-suite run (triton already imported without it) the Triton tests run in a child
 process (:func:`test_interpreted_mlstm_in_a_child_process`). Shapes are ragged: sequence lengths not a
 multiple of the 16-token chunk, head widths not powers of two (the kernel pads them to 16).
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
 import torch
+from triton_interpreted import TRITON, in_child_only, run_triton_tests_in_child
 
-from workbench.kernels import dispatch, gemm
+from workbench.kernels import dispatch
 from workbench.kernels import mlstm as mlstm_kernels
 
-IN_PROCESS = gemm.interpreted() or torch.cuda.is_available()
-TRITON = pytest.param("triton", marks=pytest.mark.skipif(
-    not IN_PROCESS, reason="triton was imported before TRITON_INTERPRET=1; run in a child process instead"))
 SHAPES = [  # (batch, steps, heads, d_k, d_v)
     (2, 37, 3, 5, 7),  # three chunks, the last one ragged; d_k != d_v, neither a power of two
     (1, 16, 2, 16, 16),  # exactly one chunk
@@ -110,11 +101,6 @@ def test_dispatcher_names_bad_mlstm_shapes():
         dispatch.mlstm(*ops, backend="fast")
 
 
-@pytest.mark.skipif(IN_PROCESS, reason="the Triton tests ran in this process")
+@in_child_only
 def test_interpreted_mlstm_in_a_child_process():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", __file__, "-k", "triton"]
-    done = subprocess.run(command, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
-                          timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert f"{N_TRITON_TESTS} passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-1000:]
+    run_triton_tests_in_child(__file__, N_TRITON_TESTS)

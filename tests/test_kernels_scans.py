@@ -2,29 +2,20 @@
 values and gradients, and the models' call sites through the dispatcher.
 
 Triton runs in its CPU interpreter, set up as in tests/test_kernels.py: ``TRITON_INTERPRET=1`` is set
-before any import; when another test module imported triton first (a whole-suite run), the Triton tests
+before the kernels are imported (tests/triton_interpreted.py); when another test module imported triton first (a whole-suite run), the Triton tests
 are skipped in-process and :func:`test_interpreted_scan_kernels_in_a_child_process` runs them (``-k
 triton``) in a child process. Shapes are tiny and ragged: channel counts not a multiple of the 32-wide
 blocks, lengths not a multiple of the scan's chunk, a state size that is not a power of two.
 """
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
 import pytest
 import torch
 from conftest import TINY_CONFIGS
-from workbench.kernels import dispatch, gemm
+from triton_interpreted import TRITON, in_child_only, run_triton_tests_in_child
 
 from workbench.architectures import build_model, mamba, model_config
+from workbench.kernels import dispatch
 
-IN_PROCESS = gemm.interpreted() or torch.cuda.is_available()
-TRITON = pytest.param("triton", marks=pytest.mark.skipif(
-    not IN_PROCESS, reason="triton was imported before TRITON_INTERPRET=1; run in a child process instead"))
 DTYPES = [(torch.float32, 1e-4), (torch.bfloat16, 3e-2)]  # (dtype, relative tolerance)
 WKV_CASES = [(2, 7, 5, False, 3.0), (1, 13, 37, True, 3.0), (2, 9, 33, True, 30.0)]  # B, T, C, state, key scale
 SCAN_CASES = [(2, 13, 6, 4, True, 4), (1, 9, 37, 5, False, None), (2, 5, 33, 16, True, 2)]  # B, T, D, N, h0, chunk
@@ -111,9 +102,8 @@ def test_selective_scan_matches_reference(backend, batch, steps, d_inner, d_stat
 def test_reference_paths_match_their_definitions():
     """The references are the definitions: WKV against the defining sum, the scan against its
     materialised form (every state built, a linear scan); float64."""
-    from workbench.kernels.selective_scan import selective_scan_materialised
-
     from workbench.architectures.wkv import wkv_naive
+    from workbench.kernels.selective_scan import selective_scan_materialised
 
     w, u, k, v = (t.double() for t in wkv_inputs(2, 6, 3, False, 1.0, torch.float32))
     assert torch.allclose(dispatch.wkv(w, u, k, v, backend="reference")[0], wkv_naive(w, u, k, v), atol=1e-12)
@@ -186,11 +176,6 @@ def test_mamba_scan_chunking_reaches_the_dispatcher(monkeypatch):
     assert torch.allclose(y, dispatch.selective_scan(dt, x, A, B, C, backend="reference")[0], atol=1e-12)
 
 
-@pytest.mark.skipif(IN_PROCESS, reason="the Triton tests ran in this process")
+@in_child_only
 def test_interpreted_scan_kernels_in_a_child_process():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "pytest", "-q", "-o", "addopts=", "-p", "no:cacheprovider", __file__, "-k", "triton"]
-    done = subprocess.run(command, env=env, cwd=Path(__file__).parents[1], capture_output=True, text=True,
-                          timeout=600, check=False)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
-    assert "12 passed" in done.stdout and "skipped" not in done.stdout, done.stdout[-1000:]
+    run_triton_tests_in_child(__file__, 12)
