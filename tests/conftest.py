@@ -36,6 +36,23 @@ TINY_CONFIGS = {
 }
 
 
+def assert_carried_state_matches(model, toks: torch.Tensor, atol: float):
+    """The forward split after 1, 4 and 9 tokens, and token by token, each piece continuing from the carried
+    state, equals the full forward within ``atol``; returns the state after the last token."""
+    with torch.no_grad():
+        full = model(toks)
+        for k in (1, 4, 9):
+            first, state = model(toks[:, :k], return_state=True)
+            rest, _ = model(toks[:, k:], state=state, return_state=True)
+            assert torch.allclose(torch.cat([first, rest], 1), full, atol=atol), f"split at {k}"
+        state, steps = None, []
+        for t in range(toks.shape[1]):
+            logits, state = model(toks[:, t:t + 1], state=state, return_state=True)
+            steps.append(logits)
+    assert torch.allclose(torch.cat(steps, 1), full, atol=atol)
+    return state
+
+
 def skip_unless_value_patchable(model) -> None:
     """Skip a test of an identity that restores logits by patching values, on a model that declares
     ``value_patching_note`` (the EBT: its logits follow from the gradient of its hooked pass, so a

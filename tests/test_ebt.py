@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_CONFIGS
+from conftest import TINY_CONFIGS, assert_carried_state_matches
 
 from workbench.architectures import build_model, model_config
 from workbench.tasks.base import Batch, masked_token_loss
@@ -133,18 +133,7 @@ def test_steering_the_gradient_hook_changes_the_descent():
 
 
 def test_carried_state_equals_the_full_forward():
-    model, toks = tiny(), tokens()
-    with torch.no_grad():
-        full = model(toks)
-        for k in (1, 4, 9):
-            first, state = model(toks[:, :k], return_state=True)
-            rest, _ = model(toks[:, k:], state=state, return_state=True)
-            assert torch.allclose(torch.cat([first, rest], 1), full, atol=1e-10), f"split at {k}"
-        state, steps = None, []
-        for t in range(toks.shape[1]):
-            logits, state = model(toks[:, t:t + 1], state=state, return_state=True)
-            steps.append(logits)
-    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-10)
+    assert_carried_state_matches(tiny(), tokens(), atol=1e-10)
 
 
 def test_graph_metadata_says_approximate_and_why():

@@ -12,7 +12,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import TINY_CONFIGS
+from conftest import TINY_CONFIGS, assert_carried_state_matches
 from typer.testing import CliRunner
 
 from workbench.architectures import build_model, model_config
@@ -48,18 +48,7 @@ def test_pattention_is_the_papers_l2_norm_gelu():
 
 
 def test_generation_with_carried_state_equals_the_full_forward():
-    model, toks = tiny(), tokens()
-    with torch.no_grad():
-        full = model(toks)
-        for k in (1, 4, 9):
-            first, state = model(toks[:, :k], return_state=True)
-            rest, _ = model(toks[:, k:], state=state, return_state=True)
-            assert torch.allclose(torch.cat([first, rest], 1), full, atol=1e-12), f"split at {k}"
-        state, steps = None, []
-        for t in range(toks.shape[1]):
-            logits, state = model(toks[:, t:t + 1], state=state, return_state=True)
-            steps.append(logits)
-    assert torch.allclose(torch.cat(steps, 1), full, atol=1e-12)
+    state = assert_carried_state_matches(tiny(), tokens(), atol=1e-12)
     assert state[0][0].shape == (2, 12, 2, 8)  # the KV cache: [B, past, heads, d_head]
 
 
