@@ -3,7 +3,6 @@ a pruned graph of about 1,000 nodes and 11,000 edges takes to draw in the graph 
 3 s); build a graph from a prompt, click a feature node, read its panel and feature card; import a
 circuit-tracer file. The viewer's interactions and their timings: test_browser_graph_viewer.py."""
 
-import re
 import statistics
 import time
 from pathlib import Path
@@ -39,17 +38,18 @@ def graph_store(tmp_path, monkeypatch):
 
 
 def build_and_click(page, tmp_path) -> None:
-    from test_browser_graph_viewer import click_node, feature_with_inputs, show, viewer_frame
+    from test_browser_graph_viewer import (
+        build_graph_in_page,
+        click_node,
+        feature_with_inputs,
+        open_build_form,
+        show,
+        viewer_frame,
+    )
 
-    page.get_by_text("Build from a prompt").click()
-    page.get_by_role("button", name="Build graph").wait_for(timeout=30000)
+    open_build_form(page)
     assert page.get_by_label("Prompt", exact=True).input_value().startswith("<bos>")  # the task's example
-    threshold = page.get_by_label("Node threshold", exact=True)  # untrained transcoders: keep 99%
-    threshold.fill("0.99")
-    threshold.press("Enter")
-    page.wait_for_timeout(500)
-    page.get_by_role("button", name="Build graph").click()
-    page.get_by_text(re.compile(r"Built tiny-recall-")).wait_for(timeout=60000)
+    build_graph_in_page(page, form_open=True)
     frame = viewer_frame(page)
     show(page)
     click_node(page, frame, feature_with_inputs(frame))

@@ -89,9 +89,14 @@ class Shots:
                 shutil.copy(path, Path(target) / path.name)
 
 
-def build_graph_in_page(page) -> None:
+def open_build_form(page) -> None:
     page.get_by_text("Build from a prompt").click()
     page.get_by_role("button", name="Build graph").wait_for(timeout=30000)
+
+
+def build_graph_in_page(page, form_open: bool = False) -> None:
+    if not form_open:
+        open_build_form(page)
     threshold = page.get_by_label("Node threshold", exact=True)  # untrained transcoders: keep 99%
     threshold.fill("0.99")
     threshold.press("Enter")
@@ -108,15 +113,20 @@ def feature_with_inputs(frame) -> str:
         return null; }""")
 
 
+def open_viewer(p, tmp_path, shots_name: str):
+    """A browser at 1280x800 on the Attribution graph page, and its screenshot taker."""
+    browser, page = launch(p)
+    page.set_viewport_size({"width": 1280, "height": 800})
+    return browser, page, Shots(page, tmp_path, shots_name)
+
+
 def test_graph_viewer_walk_pin_group_threshold_reload(tmp_path, running_app):
     from playwright.sync_api import sync_playwright
 
     tiny_zoo(tmp_path / "models")
     url, _ = running_app
     with sync_playwright() as p:
-        browser, page = launch(p)
-        page.set_viewport_size({"width": 1280, "height": 800})
-        shots = Shots(page, tmp_path, "viewer")
+        browser, page, shots = open_viewer(p, tmp_path, "viewer")
         page.goto(f"{url}/Attribution_graph")
         build_graph_in_page(page)
         frame = viewer_frame(page)
@@ -189,9 +199,7 @@ def test_a_1000_node_graph_hovers_and_clicks_fast(tmp_path, running_app):
     save_graph(graph, "synthetic-1k", node_threshold=1.0, edge_threshold=1.0)
     url, _ = running_app
     with sync_playwright() as p:
-        browser, page = launch(p)
-        page.set_viewport_size({"width": 1280, "height": 800})
-        shots = Shots(page, tmp_path, "viewer-1k")
+        browser, page, shots = open_viewer(p, tmp_path, "viewer-1k")
         page.goto(f"{url}/Attribution_graph")
         frame = viewer_frame(page)
         show(page)
