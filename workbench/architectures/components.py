@@ -230,6 +230,17 @@ class Block(nn.Module):
         return self.hook_resid_post(resid_mid + mlp_out), new_state
 
 
+def run_blocks(blocks, x: torch.Tensor, state: list | None) -> tuple[torch.Tensor, list]:
+    """``x`` through each block in turn, block ``l`` continuing from ``state[l]`` (``None``: a fresh
+    sequence); returns the output and every block's new carried state."""
+    states = state if state is not None else [None] * len(blocks)
+    new_states = []
+    for block, s in zip(blocks, states, strict=True):
+        x, s_new = block(x, s)
+        new_states.append(s_new)
+    return x, new_states
+
+
 class BlockLM(SharedHookNames, HookedRootModule):
     """Token embedding -> blocks -> final norm -> unembedding, for any mixer.
 
@@ -261,11 +272,6 @@ class BlockLM(SharedHookNames, HookedRootModule):
     def forward(self, tokens: torch.Tensor, state: list | None = None, return_state: bool = False):
         if tokens.dim() != 2 or tokens.dtype != torch.long:
             raise ValueError(f"tokens must be int64 [batch, pos]; got {tuple(tokens.shape)} {tokens.dtype}")
-        x = self.hook_embed(self.embed(tokens))
-        states = state if state is not None else [None] * len(self.blocks)
-        new_states = []
-        for block, s in zip(self.blocks, states, strict=True):
-            x, s_new = block(x, s)
-            new_states.append(s_new)
+        x, new_states = run_blocks(self.blocks, self.hook_embed(self.embed(tokens)), state)
         logits = self.unembed(self.hook_final(self.ln_final(x)))
         return (logits, new_states) if return_state else logits

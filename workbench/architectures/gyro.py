@@ -49,7 +49,7 @@ from torch import nn
 from transformer_lens.hook_points import HookedRootModule, HookPoint
 
 from workbench import gyro
-from workbench.architectures.components import BLOCK_DEFAULTS, MLP, ArchConfig, Norm
+from workbench.architectures.components import BLOCK_DEFAULTS, MLP, ArchConfig, Norm, run_blocks
 from workbench.architectures.hooked import BLOCK_HOOKS, SharedHookNames
 from workbench.architectures.scan import hook_patch_mask, patch_values
 
@@ -251,12 +251,7 @@ class GyroLM(SharedHookNames, HookedRootModule):
         positions = torch.arange(start, start + tokens.shape[1], device=tokens.device)
         e = self.embed(tokens) if self.pos_embed is None else self.embed(tokens) + self.pos_embed(positions)
         e = self.hook_embed_tangent(e)
-        x = self.hook_embed(self.embed_to_ball(e))
-        states = state if state is not None else [None] * len(self.blocks)
-        new_states = []
-        for block, s in zip(self.blocks, states, strict=True):
-            x, s_new = block(x, s)
-            new_states.append(s_new)
+        x, new_states = run_blocks(self.blocks, self.hook_embed(self.embed_to_ball(e)), state)
         logits = self.unembed(self.hook_final(self.ln_final(self.final_log(x))))
         return (logits, new_states) if return_state else logits
 
