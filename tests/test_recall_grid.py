@@ -192,7 +192,6 @@ def test_a_promoted_run_builds_into_the_zoo_without_training_and_rebuilds_the_sa
 
 
 def test_publishing_writes_each_recall_cards_grid_rows_and_keeps_its_checksums(tmp_path):
-    from workbench.cli.zoo import publish_into_cards
     from workbench.store.integrity import checksum_problems, write_checksums
 
     for name, arch, tested in [("mamba-recall", "mamba", "recall"), ("mamba-toyworld", "mamba", "toyworld")]:
@@ -204,7 +203,7 @@ def test_publishing_writes_each_recall_cards_grid_rows_and_keeps_its_checksums(t
             ("transformer", "transformer", 64, 3e-3, 1.0)]
     table = pd.DataFrame(rows, columns=["variant", "architecture", "d_model", "lr", "accuracy"])
     table["steps_trained"], table["stopped_early"], table["params"] = 2000, None, 1
-    assert publish_into_cards(tmp_path, table) == ["mamba-recall"]
+    assert recall_grid.publish_into_cards(tmp_path, table) == ["mamba-recall"]
     card = json.loads((tmp_path / "mamba-recall" / "card.json").read_text())
     variants = [(r["variant"], r["d_model"]) for r in card["recall_grid"]["best_per_width"]]
     assert variants == [("mamba", 64), ("mamba", 128), ("transformer", 64)]  # its own and the references

@@ -165,26 +165,9 @@ def zoo_recall_sweep(
             from workbench.store.atomic import atomic_write_parquet
 
             atomic_write_parquet(models_root(models) / recall_grid.PUBLISHED, table)
-            for name in publish_into_cards(models_root(models), table):
+            for name in recall_grid.publish_into_cards(models_root(models), table):
                 typer.echo(f"  {name}: card's recall_grid section updated")
     typer.echo(recall_grid.markdown_table(table))
-
-
-def publish_into_cards(models_dir, table) -> list[str]:
-    """Every committed recall card (tested on recall) gets the sweep's rows for its architecture."""
-    import json
-
-    from workbench.store.integrity import rewrite_json
-    from workbench.zoo.recall_grid import card_section
-
-    updated = []
-    for card_path in sorted(models_dir.glob("*/card.json")):
-        card = json.loads(card_path.read_text())
-        if (card.get("eval_task") or {}).get("name") != "recall" or card.get("architecture") not in set(table.architecture):
-            continue
-        rewrite_json(card_path.parent, "card.json", {**card, **card_section(table, card["architecture"])})
-        updated.append(card_path.parent.name)
-    return updated
 
 
 def without_option(argv: list[str], option: str) -> list[str]:

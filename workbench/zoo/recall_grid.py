@@ -197,6 +197,21 @@ def card_section(table: pd.DataFrame, architecture: str) -> dict:
                             "best_per_width": rows}}
 
 
+def publish_into_cards(models_dir: Path, table: pd.DataFrame) -> list[str]:
+    """Every committed recall card (tested on recall) gets :func:`card_section` for its architecture,
+    rewritten with its checksum; returns the folders updated."""
+    from workbench.store.integrity import rewrite_json
+
+    updated = []
+    for card_path in sorted(Path(models_dir).glob("*/card.json")):
+        card = json.loads(card_path.read_text())
+        if (card.get("eval_task") or {}).get("name") != "recall" or card.get("architecture") not in set(table.architecture):
+            continue
+        rewrite_json(card_path.parent, "card.json", {**card, **card_section(table, card["architecture"])})
+        updated.append(card_path.parent.name)
+    return updated
+
+
 def zoo_card_section(entry, _model, _config, _task, _eval_task, _runs_dir) -> dict:
     """Card section hook for ``ZooEntry.card_sections``: the published sweep's rows for this architecture."""
     from workbench.store import models_root
@@ -273,5 +288,5 @@ def sweep_figure(table: pd.DataFrame):
 
 
 __all__ = ["LRS", "VARIANTS", "WIDTHS", "RunSpec", "best_rows", "entry_recipe", "grid", "markdown_table", "promote",
-           "run_one",
+           "publish_into_cards", "run_one",
            "smallest_solving", "sweep_figure", "sweep_table"]
