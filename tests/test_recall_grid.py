@@ -113,11 +113,15 @@ def test_a_grid_run_records_its_result_once_and_skips_a_held_run(tmp_path, monke
     assert longer["steps_trained"] == 5 and longer["run"] == spec.name  # a larger budget resumes the run
     with pytest.raises(ValueError, match="schedule changed midway"):  # a fresh build would not reach it
         recall_grid.promote(tmp_path, longer_spec, "mingru-recall")
+    fresh = recall_grid.RunSpec("mingru-conv4", 8, 3e-3, steps=4, fresh=True)  # its own run, one schedule
+    fresh_row = recall_grid.run_one(fresh, tmp_path)
+    assert fresh.name == spec.name + "-s4" and fresh_row["steps_trained"] == 4 and fresh_row["run"] == fresh.name
+    assert not recall_grid.budget_grew(tmp_path, fresh)
     other = recall_grid.RunSpec("lstm", 8, 1e-3, steps=3)
     with sole_writer(recall_grid.run_dir(tmp_path, other), "test"):
         assert recall_grid.run_one(other, tmp_path) is None
     table = recall_grid.sweep_table(tmp_path)
-    assert list(table.run) == [spec.name] and list(table.steps_trained) == [5]
+    assert sorted(table.run) == [spec.name, fresh.name] and sorted(table.steps_trained) == [4, 5]
     assert (tmp_path / recall_grid.SWEEP_DIR / "table.parquet").is_file()
 
 
@@ -141,6 +145,24 @@ def test_best_rows_smallest_solving_and_the_markdown_table():
     text = recall_grid.markdown_table(table)
     assert "| mamba | 41.0% (lr 0.003, 2000 steps; 2 lr) | 99.0% (lr 0.003, 500 steps; 2 lr) |" in text
     assert recall_grid.sweep_figure(table).data[0].name in {"lstm", "mamba"}
+
+
+def test_the_svg_figure_draws_each_variants_best_points_where_they_belong():
+    import xml.etree.ElementTree as ET
+
+    rows = [("mamba", 64, 3e-3, 0.25, 2000), ("mamba", 128, 3e-3, 1.0, 500), ("mamba", 128, 1e-3, 0.5, 2000),
+            ("lstm", 64, 1e-3, 0.5, 2000)]
+    table = pd.DataFrame(rows, columns=["variant", "d_model", "lr", "accuracy", "steps_trained"])
+    root = ET.fromstring(recall_grid.sweep_svg(table, width=640, height=400))
+    ns = "{http://www.w3.org/2000/svg}"
+    lines = {}
+    for poly, label in zip(root.iter(ns + "polyline"), sorted(["lstm", "mamba"]), strict=True):
+        lines[label] = [tuple(map(float, pt.split(","))) for pt in poly.get("points").split()]
+    assert len(lines["lstm"]) == 1 and len(lines["mamba"]) == 2  # one point per width: the best lr
+    (x64, y25), (x128, y100) = lines["mamba"]
+    assert x64 < x128 and y100 < y25  # wider to the right, more accurate higher up
+    assert lines["lstm"][0][0] == x64 and abs((y25 - lines["lstm"][0][1]) - (y25 - y100) / 3) < 0.2  # 50% is 1/3 up
+    assert {t.text for t in root.iter(ns + "text")} >= {"lstm", "mamba", "64", "128", "256", "d_model"}
 
 
 def test_models_page_draws_the_published_sweep_and_the_curves_caption(tmp_path, monkeypatch):

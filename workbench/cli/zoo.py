@@ -117,6 +117,9 @@ def zoo_recall_sweep(
     width: Annotated[list[int] | None, typer.Option("--width", help="d_model values (default 64, 128, 256).")] = None,
     lr: Annotated[list[float] | None, typer.Option("--lr", help="Learning rates (default 3e-4, 1e-3, 3e-3, 1e-2).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Step budget per run (early stop at 99%).")] = 2000,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Train --steps from scratch as runs of their own "
+                                        "(named -s<steps>; one learning-rate schedule, promotable into the zoo) "
+                                        "instead of resuming the shorter runs to it.")] = False,
     workers: Annotated[int, typer.Option(min=1, help="Processes sharing the grid (one thread each).")] = 1,
     table_only: Annotated[bool, typer.Option("--table", help="Only collect and print the table.")] = False,
     publish: Annotated[bool, typer.Option(help="Also copy the table beside the zoo (models/recall-sweep.parquet), "
@@ -136,7 +139,7 @@ def zoo_recall_sweep(
     from workbench.zoo import recall_grid
 
     catalog = Catalog(artifacts)
-    runs = recall_grid.grid(variant, tuple(width or recall_grid.WIDTHS), tuple(lr) if lr else None, steps)
+    runs = recall_grid.grid(variant, tuple(width or recall_grid.WIDTHS), tuple(lr) if lr else None, steps, fresh)
     if not table_only and workers > 1:
         args = without_option(sys.argv[1:], "--workers")
         children = [subprocess.Popen([sys.executable, "-m", "workbench", *args, "--workers", "1"])
@@ -158,6 +161,7 @@ def zoo_recall_sweep(
         from workbench.store.atomic import atomic_write_text
 
         atomic_write_text(folder / "figure.json", recall_grid.sweep_figure(table).to_json())
+        atomic_write_text(folder / "figure.svg", recall_grid.sweep_svg(table))
         atomic_write_text(folder / "table.md", recall_grid.markdown_table(table) + "\n")
         catalog.register("sweep", "recall", folder, {"runs": len(table), "variants": sorted(table.variant.unique())})
         if publish:
@@ -165,6 +169,7 @@ def zoo_recall_sweep(
             from workbench.store.atomic import atomic_write_parquet
 
             atomic_write_parquet(models_root(models) / recall_grid.PUBLISHED, table)
+            atomic_write_text(models_root(models) / recall_grid.PUBLISHED_FIGURE, recall_grid.sweep_svg(table))
             for name in recall_grid.publish_into_cards(models_root(models), table):
                 typer.echo(f"  {name}: card's recall_grid section updated")
     typer.echo(recall_grid.markdown_table(table))

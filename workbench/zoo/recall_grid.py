@@ -14,7 +14,9 @@ plots the best accuracy against d_model. We do the same on the zoo's recall reci
 3. Runs live in ``<artifacts>/sweeps/recall/runs/<run>/``. A process claims a run with the folder's
    writer lock (:func:`workbench.store.names.sole_writer`), so several processes share one grid (each
    skips runs another holds or finished), and a killed run resumes from its checkpoint. A run that
-   neither stopped early nor reached a larger ``--steps`` given later resumes to it (:func:`finished`).
+   neither stopped early nor reached a larger ``--steps`` given later resumes to it (:func:`finished`);
+   ``fresh`` runs train a budget from scratch instead, as their own grid points (``-s<steps>``), so that
+   their learning-rate schedule is one and they can be promoted.
 4. A run that solves recall becomes a zoo entry with :func:`entry_recipe`'s fields; :func:`promote`
    hands its checkpoints to ``wb zoo build``, which then trains nothing, while a fresh machine retrains
    the entry to the same weights.
@@ -25,6 +27,7 @@ plots the best accuracy against d_model. We do the same on the zoo's recall reci
 from __future__ import annotations
 
 import json
+import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -65,6 +68,7 @@ EVAL_TASK = {"name": "recall"}
 MEASURE_EXAMPLES = 2000
 SWEEP_DIR = Path("sweeps") / "recall"
 PUBLISHED = "recall-sweep.parquet"  # the committed copy of the table, beside the zoo (models/)
+PUBLISHED_FIGURE = "recall-sweep.svg"  # its plot, for the README
 
 
 @dataclass(frozen=True)
@@ -74,10 +78,11 @@ class RunSpec:
     lr: float
     steps: int = 2000
     seed: int = 0
+    fresh: bool = False  # a budget of its own (one schedule from step 0), not a resumed 2000-step run
 
     @property
     def name(self) -> str:
-        return f"{self.variant}-d{self.d_model}-lr{self.lr:g}"
+        return f"{self.variant}-d{self.d_model}-lr{self.lr:g}" + (f"-s{self.steps}" if self.fresh else "")
 
     def model_overrides(self) -> dict:
         _arch, extra, _task = VARIANTS[self.variant]
@@ -95,10 +100,10 @@ def check_variants(names) -> list[str]:
     return list(names)
 
 
-def grid(variants=None, widths=WIDTHS, lrs=None, steps: int = 2000) -> list[RunSpec]:
-    """The runs, cheapest first (by width, then variant, then learning rate); references at one rate."""
+def grid(variants=None, widths=WIDTHS, lrs=None, steps: int = 2000, fresh: bool = False) -> list[RunSpec]:
+    """The runs, cheapest first (by width, then variant, then learning rate); references at their rates."""
     variants = check_variants(variants or (*MAIN_VARIANTS, *REFERENCES))
-    runs = [RunSpec(v, w, lr, steps) for w in widths for v in variants
+    runs = [RunSpec(v, w, lr, steps, fresh=fresh) for w in widths for v in variants
             for lr in (lrs or (REFERENCE_LRS if v in REFERENCES else LRS))]
     return runs
 
@@ -287,6 +292,53 @@ def sweep_figure(table: pd.DataFrame):
     return fig
 
 
+def sweep_svg(table: pd.DataFrame, width: int = 640, height: int = 400) -> str:
+    """The same plot as :func:`sweep_figure` as a standalone SVG, for the README (no browser, no kaleido):
+    best accuracy against d_model (log axis), one coloured line per variant, the 95% bar dashed."""
+    from html import escape
+
+    best = best_rows(table)
+    widths = sorted(set(WIDTHS) | {int(w) for w in best.d_model}) if len(best) else list(WIDTHS)
+    left, right, top, bottom = 56, 170, 30, 44
+    plot_w, plot_h = width - left - right, height - top - bottom
+    lo, hi = math.log(widths[0]), math.log(widths[-1])
+
+    def x(w):
+        return left + (plot_w * (math.log(w) - lo) / (hi - lo) if hi > lo else plot_w / 2)
+
+    def y(acc):
+        return top + plot_h * (1 - acc)
+
+    out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
+           'font-size="12">'), f'<rect width="{width}" height="{height}" fill="white"/>',
+           f'<text x="{left}" y="18" font-size="14">Single-query recall (8 pairs): best over learning rates</text>']
+    for acc in (0, 0.25, 0.5, 0.75, 1.0):
+        out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(acc):.1f}" y2="{y(acc):.1f}" stroke="#ddd"/>')
+        out.append(f'<text x="{left - 6}" y="{y(acc) + 4:.1f}" text-anchor="end">{acc:.0%}</text>')
+    out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(0.95):.1f}" y2="{y(0.95):.1f}" stroke="#888" '
+               'stroke-dasharray="4 3"/>')
+    for w in widths:
+        out.append(f'<text x="{x(w):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{w}</text>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">d_model</text>')
+    for i, (variant, rows) in enumerate(best.groupby("variant")):
+        colour = PALETTE[i % len(PALETTE)]
+        points = [(x(int(w)), y(float(a))) for w, a in zip(rows.d_model, rows.accuracy, strict=True)]
+        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                   + " ".join(f"{px:.1f},{py:.1f}" for px, py in points) + '"/>')
+        out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{colour}"/>' for px, py in points]
+        ly = top + 14 + 18 * i
+        out.append(f'<line x1="{left + plot_w + 12}" x2="{left + plot_w + 32}" y1="{ly - 4}" y2="{ly - 4}" '
+                   f'stroke="{colour}" stroke-width="2"/>')
+        out.append(f'<text x="{left + plot_w + 38}" y="{ly}">{escape(str(variant))}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+# Plotly's default qualitative colours, so the SVG and the Models page agree.
+PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff",
+           "#fecb52", "#1f77b4", "#8c564b")
+
+
 __all__ = ["LRS", "VARIANTS", "WIDTHS", "RunSpec", "best_rows", "entry_recipe", "grid", "markdown_table", "promote",
            "publish_into_cards", "run_one",
-           "smallest_solving", "sweep_figure", "sweep_table"]
+           "smallest_solving", "sweep_figure", "sweep_svg", "sweep_table"]
