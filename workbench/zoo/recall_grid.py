@@ -270,7 +270,7 @@ def markdown_table(table: pd.DataFrame) -> str:
                 cells.append("-")
                 continue
             r = hit.iloc[0]
-            tried = int(((table.variant == variant) & (table.d_model == w)).sum())
+            tried = table[(table.variant == variant) & (table.d_model == w)].lr.nunique()
             cells.append(f"{r.accuracy:.1%} (lr {r.lr:g}, {int(r.steps_trained)} steps; {tried} lr)")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -284,7 +284,7 @@ def sweep_figure(table: pd.DataFrame):
     fig = go.Figure()
     for variant, rows in best.groupby("variant"):
         fig.add_trace(go.Scatter(x=rows.d_model, y=rows.accuracy, mode="lines+markers", name=variant,
-                                 text=[f"lr {lr:g}" for lr in rows.lr]))
+                                 text=[f"lr {lr:g}, {int(n)} steps" for lr, n in zip(rows.lr, rows.steps_trained, strict=True)]))
     fig.update_layout(title="Single-query recall (8 pairs, 28 tokens): best over learning rates",
                       xaxis={"title": "d_model", "type": "log", "tickvals": list(WIDTHS)},
                       yaxis={"title": "exact match", "range": [0, 1.02]},
