@@ -11,7 +11,8 @@ from conftest import TINY_CONFIGS
 from workbench.architectures import build_model, model_config
 from workbench.store.atomic import atomic_write_json, read_json
 from workbench.store.catalog import Catalog
-from workbench.store.model_files import save_model_folder
+from workbench.dictionaries.activations import weights_sha256
+from workbench.store.model_files import load_model_folder, save_model_folder
 from workbench.tasks import make_task
 from workbench.zoo import dictionaries as zoo_dicts
 
@@ -89,3 +90,24 @@ def test_remeasure_redoes_the_numbers_without_retraining(zoo):
     remeasured = read_json(published / "set.json")
     assert remeasured["training_metrics"] == old_metrics and "spliced_test" in remeasured
     assert (published / "layer0" / "dictionary.safetensors").read_bytes() == weights
+
+
+def test_force_after_the_model_was_retrained_starts_over_instead_of_refusing_to_mix(zoo):
+    """`wb zoo build --force` then `wb zoo dicts --force`: the scratch (activation store, run checkpoints)
+    of the old weights is removed, not mixed with the new model's; scratch of the same weights is kept."""
+    folder, catalog = zoo
+    zoo_dicts.build_model_dictionaries(folder, catalog, progress=False, log=lambda _: None)
+    store = next((catalog.root / "activations").glob("tiny-recall-L*"))
+    kept: list[str] = []
+    zoo_dicts.clear_stale_scratch(load_model_folder(folder), catalog, kept.append)
+    assert kept == [] and store.exists()  # same weights: nothing removed, an interrupted build would resume
+    bundle = load_model_folder(folder)
+    torch.manual_seed(1)
+    save_model_folder(folder, build_model(bundle.config), bundle.config, bundle.tokenizer, bundle.card)  # "retrained"
+    log: list[str] = []
+    entries = zoo_dicts.build_model_dictionaries(folder, catalog, force=True, progress=False, log=log.append)
+    removed = [line for line in log if "made from other weights" in line]
+    assert any("activations" in line for line in removed) and any("zoo-dictionaries" in line for line in removed)
+    assert entries["transcoders"]["graphs"]["max_identity_error"] < 1e-3
+    marker = read_json(catalog.root / "zoo-dictionaries" / "tiny-recall" / "model.json")
+    assert marker["weights_sha256"] == weights_sha256(load_model_folder(folder).model)

@@ -186,6 +186,7 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
                 log(f"{bundle.name}/{name}: present, skipped")
             continue
         r = RECIPES[name]
+        clear_stale_scratch(bundle, catalog, log)
         scratch = catalog.root / "zoo-dictionaries" / bundle.name / name
         log(f"{bundle.name}/{name}: training {r['kind']} ({r['activation']} k={r['k']}, {r['n_features']} features)")
         train_set(bundle, r["kind"], r["activation"], r["k"], r["n_features"], None, r["steps"], r["batch_size"],
@@ -199,6 +200,27 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
         write_card(model_folder, card)
         register_zoo_dictionaries(Path(model_folder).parent, catalog)
     return read_json(card_path).get("dictionaries", {})
+
+
+def clear_stale_scratch(bundle: ModelBundle, catalog: Catalog, log=print) -> None:
+    """Remove this zoo model's own training scratch (its activation stores and dictionary run folders under
+    the artifacts root) when it was made from other weights: after ``wb zoo build --force`` retrains an
+    entry, ``wb zoo dicts --force`` starts over instead of refusing to mix the two models' data. The
+    scratch is derived and rebuildable; scratch of the same weights is kept, so an interrupted build
+    resumes. The weights' digest is recorded in ``zoo-dictionaries/<model>/model.json``."""
+    from workbench.dictionaries.activations import weights_sha256
+
+    digest = weights_sha256(bundle.model)
+    scratch = catalog.root / "zoo-dictionaries" / bundle.name
+    marker = scratch / "model.json"
+    stores = sorted((catalog.root / "activations").glob(f"{bundle.name}-L*"))
+    recorded = read_json(marker).get("weights_sha256") if marker.is_file() else None
+    if recorded != digest and (scratch.exists() or stores):
+        for folder in [scratch, *stores]:
+            if folder.exists():
+                log(f"{bundle.name}: removing {folder} (made from other weights)")
+                shutil.rmtree(folder)
+    atomic_write_json(marker, {"model": bundle.name, "weights_sha256": digest})
 
 
 def register_zoo_dictionaries(models_dir: Path, catalog: Catalog) -> list[str]:

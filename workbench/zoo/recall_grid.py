@@ -39,7 +39,6 @@ from workbench.architectures import count_parameters, model_config
 from workbench.store.atomic import atomic_write_parquet, atomic_write_text
 from workbench.store.names import FolderBusy, sole_writer
 from workbench.training import TrainConfig, train
-from workbench.zoo.build import measure, task_from_spec
 
 # name -> (architecture, model overrides, training task). The recurrent models at the zoo's settings
 # (Mamba with expand 1: the [B, T, d_inner, N] scan dominates its CPU cost).
@@ -138,6 +137,8 @@ def run_one(spec: RunSpec, root: Path, progress: bool = False) -> dict | None:
 
 
 def _train_and_measure(spec: RunSpec, folder: Path, progress: bool) -> dict:
+    from workbench.zoo.build import measure, task_from_spec  # here: entries.py imports this module
+
     arch, _extra, task_spec = VARIANTS[spec.variant]
     task, eval_task = task_from_spec(task_spec), task_from_spec(EVAL_TASK)
     config = model_config(arch, task.tokenizer.vocab_size, task.seq_len, **spec.model_overrides())
