@@ -9,9 +9,9 @@ import torch
 from conftest import TINY_CONFIGS
 
 from workbench.architectures import build_model, model_config
+from workbench.dictionaries.activations import weights_sha256
 from workbench.store.atomic import atomic_write_json, read_json
 from workbench.store.catalog import Catalog
-from workbench.dictionaries.activations import weights_sha256
 from workbench.store.model_files import load_model_folder, save_model_folder
 from workbench.tasks import make_task
 from workbench.zoo import dictionaries as zoo_dicts
