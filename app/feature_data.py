@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from workbench.dictionaries.features import with_bin_edges
 from workbench.store.catalog import artifacts_root, inside_root, models_root
 
 FEATURES_DIR = "features"
@@ -23,8 +24,11 @@ COLUMNS = {
     "features": {"member", "layer", "feature", "density", "max_activation", "mean_active_activation",
                  "top_tokens", "top_values", "bottom_tokens", "bottom_values"},
     "contexts": {"member", "layer", "feature", "group", "band", "rank", "activation", "token", "text"},
-    "histograms": {"member", "layer", "feature", "bin", "lo", "hi", "count"},
+    "histograms": {"member", "layer", "feature", "bin", "count"},
 }
+# Histograms written since issue #16 leave out the bins' edges (they follow from the features' nonzero
+# range and summary.json's histogram_bins); older ones hold them as columns.
+EDGE_SOURCES = ("nonzero_min", "nonzero_max")
 # Optional context columns giving the feature's activation on every token of the window; without
 # them only the context's own token (marked ``[[tok]]`` in ``text``) has a known activation.
 WINDOW_COLUMNS = ("window_tokens", "window_activations", "window_center")
@@ -103,8 +107,21 @@ def load_feature_data(folder: str | Path) -> FeatureData:
         summary = json.loads((data_dir / "summary.json").read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
         raise ValueError(f"{FEATURES_DIR}/summary.json is damaged: {err}") from err
+    summary = summary if isinstance(summary, dict) else {}
     frames = {name: _read_frame(data_dir / f"{name}.parquet", columns) for name, columns in COLUMNS.items()}
-    return FeatureData(folder, summary if isinstance(summary, dict) else {}, **frames)
+    frames["histograms"] = _histograms_with_edges(frames["histograms"], frames["features"], summary)
+    return FeatureData(folder, summary, **frames)
+
+
+def _histograms_with_edges(histograms: pd.DataFrame, features: pd.DataFrame, summary: dict) -> pd.DataFrame:
+    if {"lo", "hi"} <= set(histograms.columns):
+        return histograms
+    missing = [c for c in EDGE_SOURCES if c not in features.columns]
+    if missing or not isinstance(summary.get("histogram_bins"), int):
+        lacks = missing + ([] if isinstance(summary.get("histogram_bins"), int) else ["summary.json histogram_bins"])
+        raise ValueError(f"{FEATURES_DIR}/histograms.parquet has no bin edges and they cannot be derived: "
+                         f"lacks {lacks}")
+    return with_bin_edges(histograms, features, summary["histogram_bins"])
 
 
 def _read_frame(path: Path, columns: set[str]) -> pd.DataFrame:

@@ -93,6 +93,9 @@ def running_app():
         proc.wait(timeout=20)
 
 
+TINY_FEATURE_BINS = 6
+
+
 @functools.cache
 def tiny_feature_frames(kind: str) -> dict:
     """Real feature data (features.py's own output) of untrained dictionaries (``transcoder``: one per
@@ -114,7 +117,7 @@ def tiny_feature_frames(kind: str) -> dict:
         dictionaries = {f"layer{l}": build_dictionary(DictionaryConfig(
             "transcoder", input_hooks=[ins[l]], output_hooks=[outs[l]], **common)) for l in range(2)}
     tokens = task.sample("train", 8, 0).tokens
-    return feature_data(model, dictionaries, tokens, task.tokenizer, n_logits=5, n_bins=6)
+    return feature_data(model, dictionaries, tokens, task.tokenizer, n_logits=5, n_bins=TINY_FEATURE_BINS)
 
 
 def write_feature_set(name: str, kind: str = "transcoder", edit=None):
@@ -130,7 +133,8 @@ def write_feature_set(name: str, kind: str = "transcoder", edit=None):
         edit(frames)
     f = frames["features"]
     write_feature_data(folder, frames, {"n_features": len(f), "n_sequences": 8, "n_tokens": 224,
-                                        "dead_features": int((f["density"] == 0).sum()), "model": "models/tiny"})
+                                        "dead_features": int((f["density"] == 0).sum()), "model": "models/tiny",
+                                        "histogram_bins": TINY_FEATURE_BINS})
     catalog.register("dictionary", name, folder, {"kind": kind, "activation": "topk",
                                                   "features": {"n_features": len(f)}})
     return folder

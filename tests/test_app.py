@@ -359,3 +359,37 @@ def test_feature_data_search_and_context_windows(feature_frames, monkeypatch):
     windowed = row.copy()
     windowed["window_tokens"], windowed["window_activations"], windowed["window_center"] = ["a", "b"], [0.5, 1.0], 1
     assert feature_data.context_window(windowed) == (["a", "b"], [0.5, 1.0], 1)
+
+
+def test_histograms_load_with_their_edges_derived_or_stored(feature_set, monkeypatch):
+    """Feature data written since issue #16 leaves the bins' edges out; the app derives them from the
+    features' nonzero range and summary.json's histogram_bins. Files of the older format (edges stored)
+    load as they are; a file that lacks both says what is missing."""
+    monkeypatch.syspath_prepend(str(APP))
+    import feature_data
+    from conftest import TINY_FEATURE_BINS
+
+    new = feature_data.load_feature_data(feature_set("compact"))
+    assert "lo" not in pd.read_parquet(new.folder / "features" / "histograms.parquet").columns
+    hist, feats = new.histograms, new.features
+    assert {"lo", "hi"} <= set(hist.columns) and (hist[hist.bin == 0][["lo", "hi"]] == 0).all().all()
+    active = feats[feats.density > 0].iloc[0]
+    bins = hist[(hist.member == active.member) & (hist.layer == active.layer) & (hist.feature == active.feature)]
+    width = (active.nonzero_max - active.nonzero_min) / TINY_FEATURE_BINS
+    first = bins[bins.bin >= 1].iloc[0]
+    assert first.lo == pytest.approx(active.nonzero_min + (first.bin - 1) * width, rel=1e-5, abs=1e-7)
+    assert first.hi - first.lo == pytest.approx(width, rel=1e-4, abs=1e-7)
+
+    def old_format(frames):  # edges stored as columns, no range columns
+        frames["histograms"] = feature_data.with_bin_edges(frames["histograms"], frames["features"], TINY_FEATURE_BINS)
+        frames["histograms"]["lo"] += 1.0  # so that a re-derivation would show
+        frames["features"] = frames["features"].drop(columns=["nonzero_min", "nonzero_max"])
+
+    old = feature_data.load_feature_data(feature_set("stored-edges", edit=old_format))
+    assert (old.histograms[old.histograms.bin == 0].lo == 1.0).all()  # read as stored
+
+    def neither(frames):
+        frames["features"] = frames["features"].drop(columns=["nonzero_min", "nonzero_max"])
+
+    with pytest.raises(ValueError, match=r"histograms.parquet has no bin edges.*nonzero_min"):
+        feature_data.load_feature_data(feature_set("no-edges", edit=neither))

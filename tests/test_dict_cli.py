@@ -10,7 +10,7 @@ from workbench.cli import app
 from workbench.dictionaries import DictionaryConfig, build_dictionary
 from workbench.dictionaries.activations import real_token_rows
 from workbench.dictionaries.dictionary_set import load_dictionary_set
-from workbench.dictionaries.features import feature_data, unembedding_matrix
+from workbench.dictionaries.features import feature_data, unembedding_matrix, with_bin_edges
 from workbench.dictionaries.splice import spliced_logits, spliced_metrics
 from workbench.store import Catalog
 from workbench.store.atomic import atomic_write_json, read_json
@@ -136,6 +136,15 @@ def test_feature_data_matches_brute_force():
         assert hist[hist.feature == f]["count"].sum() == n_tokens
         assert hist[(hist.feature == f) & (hist.bin == 0)]["count"].item() == n_tokens - active
         assert feats.density[f] == pytest.approx(active / n_tokens)
+        nonzero = acts[:, f][acts[:, f] != 0]
+        if active:  # the bins' edges, left out of the file, follow from the feature's nonzero range
+            assert (feats.nonzero_min[f], feats.nonzero_max[f]) == (nonzero.min().item(), nonzero.max().item())
+            edged = with_bin_edges(hist[hist.feature == f], feats, 7)
+            for _, b in edged[edged.bin >= 1].iterrows():  # each stored bin counts the values between its edges
+                closed = b.bin == 7 or b.hi <= b.lo  # the last bin, or a one-valued feature's zero-width bin
+                inside = (nonzero >= b.lo - 1e-6) & ((nonzero <= b.hi + 1e-6) if closed else (nonzero < b.hi))
+                assert int(inside.sum()) == b["count"]
+            assert edged[edged.bin >= 1].lo.min() >= nonzero.min().item() - 1e-6
     effects = d.W_dec[0][5, 0].detach() @ unembedding_matrix(model).detach()
     row = feats[feats.feature == 5].iloc[0]
     assert torch.allclose(torch.tensor(row.top_values, dtype=torch.float32), effects.topk(10).values, atol=1e-5)

@@ -10,8 +10,11 @@ pad``); each dictionary layer's features are its own rows, named by (member, lay
   sequence index, position, activation, the token, and the window ``window`` tokens either side as
   text with the token marked ``[[tok]]``.
 - histogram: bin 0 counts the tokens where the feature is exactly 0; bins 1..``n_bins`` split the
-  feature's nonzero activations evenly over ``[min, max]`` of those values. Counts sum to the tokens;
-  bins 1.. that hold nothing are not stored (a sparse feature's histogram is mostly empty bins).
+  feature's nonzero activations evenly over ``[min, max]`` of those values (the feature row's
+  ``nonzero_min`` / ``nonzero_max``). Counts sum to the tokens; bins 1.. that hold nothing are not
+  stored (a sparse feature's histogram is mostly empty bins), nor are the bins' edges: they follow from
+  the range and ``n_bins`` (``summary.json``'s ``histogram_bins``), and :func:`with_bin_edges` adds them
+  (the edges were 80% of the committed histogram bytes).
 - density: fraction of tokens where the feature is nonzero.
 - direct logit effects: the feature's decoder direction in model units (summed over the layers a CLT
   feature writes to, divided by the output scales) times the unembedding ``W_U`` ``[d_model, vocab]``;
@@ -162,27 +165,52 @@ def _add_windows(frame: pd.DataFrame, acts: torch.Tensor, seq: torch.Tensor, pos
     return frame
 
 
-def layer_histograms(acts: torch.Tensor, n_bins: int) -> pd.DataFrame:
-    """Bin 0: exact zeros; bins 1..n_bins: nonzero values evenly over each feature's [min, max]."""
-    n_features = acts.shape[1]
+DEFAULT_BINS = 20
+
+
+def nonzero_range(acts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per feature, the min and max of its nonzero activations (both 0 for a feature never active)."""
     nonzero = acts != 0
     big = torch.finfo(acts.dtype).max
     lo = torch.where(nonzero, acts, big).amin(dim=0)
     hi = torch.where(nonzero, acts, -big).amax(dim=0)
-    lo, hi = torch.where(nonzero.any(0), lo, 0.0), torch.where(nonzero.any(0), hi, 0.0)
-    width = (hi - lo).clamp_min(1e-12) / n_bins
+    active = nonzero.any(0)
+    return torch.where(active, lo, 0.0), torch.where(active, hi, 0.0)
+
+
+def _bin_width(lo, hi, n_bins: int):
+    # the same float32 arithmetic when binning (torch) and when the edges are read back (numpy)
+    return (hi - lo).clip(1e-12, None) / n_bins
+
+
+def layer_histograms(acts: torch.Tensor, n_bins: int) -> pd.DataFrame:
+    """Bin 0: exact zeros; bins 1..n_bins: nonzero values evenly over each feature's [min, max]."""
+    n_features = acts.shape[1]
+    nonzero = acts != 0
+    lo, hi = nonzero_range(acts)
+    width = _bin_width(lo, hi, n_bins)
     bins = ((acts - lo) / width).floor().long().clamp(0, n_bins - 1) + 1
     bins = torch.where(nonzero, bins, 0)
     flat = bins + torch.arange(n_features)[None] * (n_bins + 1)
     counts = torch.bincount(flat.reshape(-1), minlength=n_features * (n_bins + 1)).reshape(n_features, n_bins + 1)
-    edges = lo[:, None] + width[:, None] * torch.arange(n_bins + 1)[None]
-    bin_lo = torch.cat([torch.zeros(n_features, 1), edges[:, :-1]], dim=1)
-    bin_hi = torch.cat([torch.zeros(n_features, 1), edges[:, 1:]], dim=1)
     frame = pd.DataFrame({"feature": torch.arange(n_features).repeat_interleave(n_bins + 1).numpy(),
                           "bin": torch.arange(n_bins + 1).repeat(n_features).numpy(),
-                          "lo": bin_lo.reshape(-1).numpy(), "hi": bin_hi.reshape(-1).numpy(),
                           "count": counts.reshape(-1).numpy()})
     return frame[(frame["bin"] == 0) | (frame["count"] > 0)].reset_index(drop=True)  # empty bins: not stored
+
+
+def with_bin_edges(histograms: pd.DataFrame, features: pd.DataFrame, n_bins: int) -> pd.DataFrame:
+    """``histograms`` with each bin's ``lo`` / ``hi`` (0, 0 for bin 0), from the feature rows' nonzero range."""
+    key = ["member", "layer", "feature"]
+    ranges = features[[*key, "nonzero_min", "nonzero_max"]]
+    out = histograms.drop(columns=["lo", "hi"], errors="ignore").merge(ranges, on=key, how="left", validate="m:1")
+    lo = out["nonzero_min"].to_numpy(dtype="float32")
+    width = _bin_width(lo, out["nonzero_max"].to_numpy(dtype="float32"), n_bins)
+    steps = out["bin"].to_numpy()
+    first = steps >= 1
+    out["lo"] = (lo + width * (steps - 1).astype("float32")) * first
+    out["hi"] = (lo + width * steps.astype("float32")) * first
+    return out.drop(columns=["nonzero_min", "nonzero_max"])
 
 
 def layer_features(acts: torch.Tensor, effects: torch.Tensor, tokenizer, n_logits: int) -> pd.DataFrame:
@@ -192,8 +220,10 @@ def layer_features(acts: torch.Tensor, effects: torch.Tensor, tokenizer, n_logit
     top_v, top_i = effects.topk(k, dim=-1)
     bot_v, bot_i = (-effects).topk(k, dim=-1)
     count = nonzero.sum(0)
+    lo, hi = nonzero_range(acts)
     return pd.DataFrame({
         "feature": range(acts.shape[1]), "density": (count.float() / max(1, acts.shape[0])).numpy(),
+        "nonzero_min": lo.numpy(), "nonzero_max": hi.numpy(),
         "max_activation": acts.amax(0).numpy(),
         "mean_active_activation": (acts.sum(0) / count.clamp_min(1)).numpy(),
         "top_tokens": [tokenizer.tokens(row) for row in top_i.tolist()], "top_values": top_v.tolist(),
@@ -202,7 +232,7 @@ def layer_features(acts: torch.Tensor, effects: torch.Tensor, tokenizer, n_logit
 
 @torch.no_grad()
 def feature_data(model, dictionaries: dict[str, Dictionary], tokens: torch.Tensor, tokenizer, *, n_top: int = 10,
-                 n_bands: int = 4, n_per_band: int = 5, n_bins: int = 20, n_logits: int = 10, window: int = 8,
+                 n_bands: int = 4, n_per_band: int = 5, n_bins: int = DEFAULT_BINS, n_logits: int = 10, window: int = 8,
                  seed: int = 0, batch_size: int = 32) -> dict[str, pd.DataFrame]:
     """``{"features", "contexts", "histograms"}`` frames for every member and layer of the set."""
     frames: dict[str, list[pd.DataFrame]] = {"features": [], "contexts": [], "histograms": []}
@@ -232,5 +262,5 @@ def write_feature_data(folder: str | Path, frames: dict[str, pd.DataFrame], summ
     return out
 
 
-__all__ = ["FEATURES_DIR", "feature_activations", "feature_data", "logit_effects", "unembedding_matrix",
-           "write_feature_data"]
+__all__ = ["DEFAULT_BINS", "FEATURES_DIR", "feature_activations", "feature_data", "logit_effects", "nonzero_range",
+           "unembedding_matrix", "with_bin_edges", "write_feature_data"]

@@ -61,7 +61,7 @@ from workbench.dictionaries.dictionary_set import (
     set_model_meta,
 )
 from workbench.dictionaries.distributed import Comm, init_from_env
-from workbench.dictionaries.features import feature_data, write_feature_data
+from workbench.dictionaries.features import DEFAULT_BINS, feature_data, write_feature_data
 from workbench.dictionaries.metrics import evaluate_dictionary
 from workbench.dictionaries.models import (
     DICTIONARY_KINDS,
@@ -274,7 +274,7 @@ def write_features(bundle: ModelBundle, folder: Path, catalog: Catalog, n_sequen
     summary = {"model": str(bundle.folder), "n_sequences": n_sequences, "seed": seed,
                "n_tokens": int((tokens != task.tokenizer.pad_id).sum()), "n_features": len(f),
                "dead_features": int((f["density"] == 0).sum()), "mean_density": float(f["density"].mean()),
-               "n_contexts": len(frames["contexts"])}
+               "n_contexts": len(frames["contexts"]), "histogram_bins": context_options.get("n_bins", DEFAULT_BINS)}
     out = write_feature_data(folder, frames, summary)
     name = meta.get("name") or _set_name(meta, folder)
     catalog.register("dictionary", name, folder, {**{k: v for k, v in meta.items() if k != "members"},
