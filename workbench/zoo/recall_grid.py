@@ -296,14 +296,14 @@ def sweep_figure(table: pd.DataFrame):
     return fig
 
 
-def sweep_svg(table: pd.DataFrame, width: int = 640, height: int = 400) -> str:
+def sweep_svg(table: pd.DataFrame, width: int = 720, height: int = 400) -> str:
     """The same plot as :func:`sweep_figure` as a standalone SVG, for the README (no browser, no kaleido):
     best accuracy against d_model (log axis), one coloured line per variant, the 95% bar dashed."""
     from html import escape
 
     best = best_rows(table)
     widths = sorted(set(WIDTHS) | {int(w) for w in best.d_model}) if len(best) else list(WIDTHS)
-    left, right, top, bottom = 56, 170, 30, 44
+    left, right, top, bottom = 56, 200, 30, 44
     plot_w, plot_h = width - left - right, height - top - bottom
     lo, hi = math.log(widths[0]), math.log(widths[-1])
 
@@ -315,7 +315,7 @@ def sweep_svg(table: pd.DataFrame, width: int = 640, height: int = 400) -> str:
 
     out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
            'font-size="12">'), f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{left}" y="18" font-size="14">Single-query recall (8 pairs): best over learning rates</text>']
+           f'<text x="{left}" y="18" font-size="14">Single-query recall (8 pairs): best run per width</text>']
     for acc in (0, 0.25, 0.5, 0.75, 1.0):
         out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(acc):.1f}" y2="{y(acc):.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{left - 6}" y="{y(acc) + 4:.1f}" text-anchor="end">{acc:.0%}</text>')
