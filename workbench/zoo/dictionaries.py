@@ -203,23 +203,27 @@ def build_model_dictionaries(model_folder: Path, catalog: Catalog, recipes: list
 
 
 def clear_stale_scratch(bundle: ModelBundle, catalog: Catalog, log=print) -> None:
-    """Remove this zoo model's own training scratch (its activation stores and dictionary run folders under
-    the artifacts root) when it was made from other weights: after ``wb zoo build --force`` retrains an
-    entry, ``wb zoo dicts --force`` starts over instead of refusing to mix the two models' data. The
-    scratch is derived and rebuildable; scratch of the same weights is kept, so an interrupted build
-    resumes. The weights' digest is recorded in ``zoo-dictionaries/<model>/model.json``."""
-    from workbench.dictionaries.activations import weights_sha256
+    """Remove this zoo model's training scratch under the artifacts root when it was made from other
+    weights: after ``wb zoo build --force`` retrains an entry, ``wb zoo dicts --force`` starts over
+    instead of refusing to mix the two models' data. Scratch is derived and rebuildable, and scratch of
+    these weights is kept, so an interrupted build resumes. The dictionary run folders record the weights'
+    digest in ``zoo-dictionaries/<model>/model.json``; an activation store ``activations/<model>-L*``
+    goes only if its own manifest names other weights."""
+    from workbench.dictionaries.activations import MANIFEST, weights_sha256
 
     digest = weights_sha256(bundle.model)
     scratch = catalog.root / "zoo-dictionaries" / bundle.name
     marker = scratch / "model.json"
-    stores = sorted((catalog.root / "activations").glob(f"{bundle.name}-L*"))
-    recorded = read_json(marker).get("weights_sha256") if marker.is_file() else None
-    if recorded != digest and (scratch.exists() or stores):
-        for folder in [scratch, *stores]:
-            if folder.exists():
-                log(f"{bundle.name}: removing {folder} (made from other weights)")
-                shutil.rmtree(folder)
+    stale = [scratch] if scratch.exists() and (read_json(marker) if marker.is_file() else {}).get(
+        "weights_sha256") != digest else []
+    for store in sorted((catalog.root / "activations").glob(f"{bundle.name}-L*")):
+        manifest = store / MANIFEST
+        made_from = read_json(manifest).get("collection", {}).get("model", {}) if manifest.is_file() else {}
+        if made_from.get("weights_sha256") not in (None, digest):
+            stale.append(store)
+    for folder in stale:
+        log(f"{bundle.name}: removing {folder} (made from other weights)")
+        shutil.rmtree(folder)
     atomic_write_json(marker, {"model": bundle.name, "weights_sha256": digest})
 
 
