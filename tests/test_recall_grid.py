@@ -216,10 +216,12 @@ def test_a_promoted_run_builds_into_the_zoo_without_training_and_rebuilds_the_sa
 def test_publishing_writes_each_recall_cards_grid_rows_and_keeps_its_checksums(tmp_path):
     from workbench.store.integrity import checksum_problems, write_checksums
 
-    for name, arch, tested in [("mamba-recall", "mamba", "recall"), ("mamba-toyworld", "mamba", "toyworld")]:
+    for name, arch, tested in [("mamba-recall", "mamba", "recall"), ("mamba-toyworld", "mamba", "toyworld"),
+                               ("rasp-recall", "transformer", "recall")]:
         (tmp_path / name).mkdir()
+        compiled = {"rasp": {"program": "recall"}} if name.startswith("rasp") else {}
         (tmp_path / name / "card.json").write_text(json.dumps({"name": name, "architecture": arch,
-                                                               "eval_task": {"name": tested}}))
+                                                               "eval_task": {"name": tested}, **compiled}))
         write_checksums(tmp_path / name)
     rows = [("mamba", "mamba", 64, 3e-3, 0.3), ("mamba", "mamba", 128, 3e-3, 0.96), ("lstm", "lstm", 64, 1e-3, 0.25),
             ("transformer", "transformer", 64, 3e-3, 1.0)]

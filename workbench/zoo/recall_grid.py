@@ -207,15 +207,17 @@ def card_section(table: pd.DataFrame, architecture: str) -> dict:
 
 
 def publish_into_cards(models_dir: Path, table: pd.DataFrame) -> list[str]:
-    """Every committed recall card (tested on recall) gets :func:`card_section` for its architecture,
+    """Every committed recall card (trained and tested on recall; not a compiled RASP model) gets
+    :func:`card_section` for its architecture,
     rewritten with its checksum; returns the folders updated."""
     from workbench.store.integrity import rewrite_json
 
     updated = []
     for card_path in sorted(Path(models_dir).glob("*/card.json")):
         card = json.loads(card_path.read_text())
-        if (card.get("eval_task") or {}).get("name") != "recall" or card.get("architecture") not in set(table.architecture):
-            continue
+        trained_on_recall = (card.get("eval_task") or {}).get("name") == "recall" and "rasp" not in card
+        if not trained_on_recall or card.get("architecture") not in set(table.architecture):
+            continue  # a compiled RASP model is not a point of the sweep
         rewrite_json(card_path.parent, "card.json", {**card, **card_section(table, card["architecture"])})
         updated.append(card_path.parent.name)
     return updated
