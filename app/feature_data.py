@@ -116,9 +116,10 @@ def load_feature_data(folder: str | Path) -> FeatureData:
 def _histograms_with_edges(histograms: pd.DataFrame, features: pd.DataFrame, summary: dict) -> pd.DataFrame:
     if {"lo", "hi"} <= set(histograms.columns):
         return histograms
-    missing = [c for c in EDGE_SOURCES if c not in features.columns]
-    if missing or not isinstance(summary.get("histogram_bins"), int):
-        lacks = missing + ([] if isinstance(summary.get("histogram_bins"), int) else ["summary.json histogram_bins"])
+    lacks = [c for c in EDGE_SOURCES if c not in features.columns]
+    if not isinstance(summary.get("histogram_bins"), int):
+        lacks.append("summary.json histogram_bins")
+    if lacks:
         raise ValueError(f"{FEATURES_DIR}/histograms.parquet has no bin edges and they cannot be derived: "
                          f"lacks {lacks}")
     return with_bin_edges(histograms, features, summary["histogram_bins"])

@@ -156,21 +156,13 @@ def zoo_recall_sweep(
             else:
                 typer.echo(f"  accuracy {row['accuracy']:.1%} after {row['steps_trained']} steps")
     table = recall_grid.sweep_table(catalog.root)
-    folder = catalog.root / recall_grid.SWEEP_DIR
     if len(table):
-        from workbench.store.atomic import atomic_write_text
-
-        atomic_write_text(folder / "figure.json", recall_grid.sweep_figure(table).to_json())
-        atomic_write_text(folder / "figure.svg", recall_grid.sweep_svg(table))
-        atomic_write_text(folder / "table.md", recall_grid.markdown_table(table) + "\n")
+        folder = recall_grid.save_outputs(catalog.root, table)
         catalog.register("sweep", "recall", folder, {"runs": len(table), "variants": sorted(table.variant.unique())})
         if publish:
             from workbench.store import models_root
-            from workbench.store.atomic import atomic_write_parquet
 
-            atomic_write_parquet(models_root(models) / recall_grid.PUBLISHED, table)
-            atomic_write_text(models_root(models) / recall_grid.PUBLISHED_FIGURE, recall_grid.sweep_svg(table))
-            for name in recall_grid.publish_into_cards(models_root(models), table):
+            for name in recall_grid.publish(models_root(models), table):
                 typer.echo(f"  {name}: card's recall_grid section updated")
     typer.echo(recall_grid.markdown_table(table))
 

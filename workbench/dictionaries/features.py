@@ -183,11 +183,13 @@ def _bin_width(lo, hi, n_bins: int):
     return (hi - lo).clip(1e-12, None) / n_bins
 
 
-def layer_histograms(acts: torch.Tensor, n_bins: int) -> pd.DataFrame:
-    """Bin 0: exact zeros; bins 1..n_bins: nonzero values evenly over each feature's [min, max]."""
+def layer_histograms(acts: torch.Tensor, n_bins: int, nonzero_lo: torch.Tensor, nonzero_hi: torch.Tensor
+                     ) -> pd.DataFrame:
+    """Bin 0: exact zeros; bins 1..n_bins: nonzero values evenly over each feature's [min, max]
+    (``nonzero_lo``, ``nonzero_hi``: :func:`nonzero_range`)."""
     n_features = acts.shape[1]
     nonzero = acts != 0
-    lo, hi = nonzero_range(acts)
+    lo, hi = nonzero_lo, nonzero_hi
     width = _bin_width(lo, hi, n_bins)
     bins = ((acts - lo) / width).floor().long().clamp(0, n_bins - 1) + 1
     bins = torch.where(nonzero, bins, 0)
@@ -213,17 +215,18 @@ def with_bin_edges(histograms: pd.DataFrame, features: pd.DataFrame, n_bins: int
     return out.drop(columns=["nonzero_min", "nonzero_max"])
 
 
-def layer_features(acts: torch.Tensor, effects: torch.Tensor, tokenizer, n_logits: int) -> pd.DataFrame:
-    """One row per feature of one dictionary layer: density, activation stats, logit effects."""
+def layer_features(acts: torch.Tensor, effects: torch.Tensor, tokenizer, n_logits: int, nonzero_lo: torch.Tensor,
+                   nonzero_hi: torch.Tensor) -> pd.DataFrame:
+    """One row per feature of one dictionary layer: density, activation stats (its nonzero range from
+    :func:`nonzero_range`), logit effects."""
     nonzero = acts != 0
     k = min(n_logits, effects.shape[-1])
     top_v, top_i = effects.topk(k, dim=-1)
     bot_v, bot_i = (-effects).topk(k, dim=-1)
     count = nonzero.sum(0)
-    lo, hi = nonzero_range(acts)
     return pd.DataFrame({
         "feature": range(acts.shape[1]), "density": (count.float() / max(1, acts.shape[0])).numpy(),
-        "nonzero_min": lo.numpy(), "nonzero_max": hi.numpy(),
+        "nonzero_min": nonzero_lo.numpy(), "nonzero_max": nonzero_hi.numpy(),
         "max_activation": acts.amax(0).numpy(),
         "mean_active_activation": (acts.sum(0) / count.clamp_min(1)).numpy(),
         "top_tokens": [tokenizer.tokens(row) for row in top_i.tolist()], "top_values": top_v.tolist(),
@@ -242,10 +245,11 @@ def feature_data(model, dictionaries: dict[str, Dictionary], tokens: torch.Tenso
         effects = logit_effects(model, d)
         for i, hook in enumerate(d.config.input_hooks):
             a = acts[:, i].float().cpu()
-            made = {"features": layer_features(a, effects[i], tokenizer, n_logits),
+            lo, hi = nonzero_range(a)  # the features' stats and their histograms' bins
+            made = {"features": layer_features(a, effects[i], tokenizer, n_logits, lo, hi),
                     "contexts": layer_contexts(a, seq, pos, tokens, tokenizer, n_top, n_bands, n_per_band,
                                                window, seed + i),
-                    "histograms": layer_histograms(a, n_bins)}
+                    "histograms": layer_histograms(a, n_bins, lo, hi)}
             for name, frame in made.items():
                 frame.insert(0, "layer", model_layer_of(hook))
                 frame.insert(0, "member", member)

@@ -111,11 +111,21 @@ def member_hooks(kind: str, layers: list[int]) -> dict[str, tuple[list[str], lis
     return {f"layer{l}": ([hook_name(reads, l)], [hook_name("mlp_out", l)]) for l in layers}
 
 
+def activation_store_folder(root: Path, model_name: str, layers) -> Path:
+    """Where ``train_set`` keeps a model's activation store for these layers (``activations/<model>-L0-1``)."""
+    return Path(root) / "activations" / f"{model_name}-L{'-'.join(map(str, layers))}"
+
+
+def activation_stores(root: Path, model_name: str) -> list[Path]:
+    """Every activation store ``train_set`` keeps for this model (one per layer selection)."""
+    return sorted((Path(root) / "activations").glob(f"{model_name}-L*"))
+
+
 def _source(bundle, task, layers, activations, n_sequences, catalog, progress, comm: Comm):
     hooks = transcoder_hooks(layers)
     if activations == "live":
         return LiveActivations(bundle.model, task, hooks, model_config=bundle.config)
-    folder = catalog.root / "activations" / f"{bundle.name}-L{'-'.join(map(str, layers))}"
+    folder = activation_store_folder(catalog.root, bundle.name, layers)
     if comm.is_writer:
         collect_activations(bundle.model, task, folder, hooks, n_sequences, model_config=bundle.config,
                             model_name=bundle.name, progress=progress)

@@ -207,20 +207,23 @@ def clear_stale_scratch(bundle: ModelBundle, catalog: Catalog, log=print) -> Non
     weights: after ``wb zoo build --force`` retrains an entry, ``wb zoo dicts --force`` starts over
     instead of refusing to mix the two models' data. Scratch is derived and rebuildable, and scratch of
     these weights is kept, so an interrupted build resumes. The dictionary run folders record the weights'
-    digest in ``zoo-dictionaries/<model>/model.json``; an activation store ``activations/<model>-L*``
-    goes only if its own manifest names other weights."""
+    digest in ``zoo-dictionaries/<model>/model.json``; an activation store goes only if its own manifest
+    names other weights."""
     from workbench.dictionaries.activations import MANIFEST, weights_sha256
+    from workbench.dictionaries.jobs import activation_stores
+
+    def made_from(path: Path, *keys: str) -> str | None:
+        record = read_json(path) if path.is_file() else {}
+        for key in keys:
+            record = record.get(key, {})
+        return record or None
 
     digest = weights_sha256(bundle.model)
     scratch = catalog.root / "zoo-dictionaries" / bundle.name
     marker = scratch / "model.json"
-    stale = [scratch] if scratch.exists() and (read_json(marker) if marker.is_file() else {}).get(
-        "weights_sha256") != digest else []
-    for store in sorted((catalog.root / "activations").glob(f"{bundle.name}-L*")):
-        manifest = store / MANIFEST
-        made_from = read_json(manifest).get("collection", {}).get("model", {}) if manifest.is_file() else {}
-        if made_from.get("weights_sha256") not in (None, digest):
-            stale.append(store)
+    stale = [scratch] if scratch.exists() and made_from(marker, "weights_sha256") != digest else []
+    stale += [store for store in activation_stores(catalog.root, bundle.name)
+              if made_from(store / MANIFEST, "collection", "model", "weights_sha256") not in (None, digest)]
     for folder in stale:
         log(f"{bundle.name}: removing {folder} (made from other weights)")
         shutil.rmtree(folder)

@@ -76,10 +76,7 @@ ZOO: list[ZooEntry | RaspEntry] = [
     ),
 ]
 
-# The recurrent architectures, each on both tasks (issue #3). Sizes: the Transformer's width (d_model 64,
-# 2 layers) on recall, d_model 96 on toyworld; budget about 4 minutes of one CPU thread per entry.
-# Recall recipe as the Transformer's: train on recall_multi (8 answers per row), test single-query recall.
-# The exploratory runs behind these choices: the closing note of issue #3.
+
 def from_sweep(name: str, spec: RunSpec, steps_trained: int, **fields) -> ZooEntry:
     """A recall entry that is a run of issue #16's sweep (``wb zoo recall-sweep``): its model, task and
     training exactly (:func:`workbench.zoo.recall_grid.entry_recipe`), so that ``recall_grid.promote``
@@ -95,6 +92,10 @@ NO_CONV_NOTE = ("Without the convolution it stays on the copy-a-value plateau (2
                 "every learning rate tried")
 
 
+# The recurrent architectures, each on both tasks (issue #3). Sizes: the Transformer's width (d_model 64,
+# 2 layers) on recall, d_model 96 on toyworld; budget about 4 minutes of one CPU thread per entry.
+# Recall recipe as the Transformer's: train on recall_multi (8 answers per row), test single-query recall.
+# The exploratory runs behind these choices: the closing note of issue #3.
 # xLSTM and Mamba entries trained before issue #16 keep the initialisation they were trained with, so that
 # `wb zoo build` rebuilds them to their cards; new entries use the references' (xlstm.py, mamba.py).
 LEGACY_INIT = {"init": "legacy"}
@@ -135,9 +136,9 @@ ZOO += [
     ),
     # Issue #16's sweep: Mamba (expand 1: d_inner = d_model, d_state 16) solves recall at d_model 128 with
     # lr 1e-2 (99.6%, stopped early at step 1,250 of 2,000); at lr 3e-3 it needed 5,000 steps for 95%, at
-    # lr 1e-3 and 3e-4 it stays on the plateau; at d_model 64 only lr 1e-2 left it (85.9% in 2,000 steps),
-    # and not again with a 5,000-step schedule. The entry is that grid run (promoted; a fresh build
-    # retrains it to the same weights).
+    # lr 1e-3 and 3e-4 it stays on the plateau; at d_model 64 only lr 1e-2 left it (85.9% in 2,000 steps;
+    # 45.3% with a 5,000-step schedule, which left the plateau only after step 4,250). The entry is that
+    # grid run (promoted; a fresh build retrains it from this recipe).
     from_sweep(
         "mamba-recall", RunSpec("mamba", 128, 1e-2), steps_trained=1250,
         targets={"accuracy": 0.95},

@@ -208,15 +208,14 @@ def card_section(table: pd.DataFrame, architecture: str) -> dict:
 
 def publish_into_cards(models_dir: Path, table: pd.DataFrame) -> list[str]:
     """Every committed recall card (trained and tested on recall; not a compiled RASP model) gets
-    :func:`card_section` for its architecture,
-    rewritten with its checksum; returns the folders updated."""
+    :func:`card_section` for its architecture, rewritten with its checksum; returns the folders updated."""
     from workbench.store.integrity import rewrite_json
 
-    updated = []
+    updated, swept = [], set(table.architecture)
     for card_path in sorted(Path(models_dir).glob("*/card.json")):
         card = json.loads(card_path.read_text())
         trained_on_recall = (card.get("eval_task") or {}).get("name") == "recall" and "rasp" not in card
-        if not trained_on_recall or card.get("architecture") not in set(table.architecture):
+        if not trained_on_recall or card.get("architecture") not in swept:
             continue  # a compiled RASP model is not a point of the sweep
         rewrite_json(card_path.parent, "card.json", {**card, **card_section(table, card["architecture"])})
         updated.append(card_path.parent.name)
@@ -282,6 +281,14 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
+def sweep_colours() -> list[str]:
+    """One colour per variant for both plots (the Models page's and the SVG): Plotly's ten, then Dark2's
+    eight, so that the grid's twelve-odd variants never share one."""
+    from plotly.colors import qualitative
+
+    return [*qualitative.Plotly, *qualitative.Dark2]
+
+
 def sweep_figure(table: pd.DataFrame):
     """Zoology's plot: best single-query recall accuracy against d_model, one line per variant."""
     import plotly.graph_objects as go
@@ -294,7 +301,7 @@ def sweep_figure(table: pd.DataFrame):
     fig.update_layout(title="Single-query recall (8 pairs, 28 tokens): best over learning rates",
                       xaxis={"title": "d_model", "type": "log", "tickvals": list(WIDTHS)},
                       yaxis={"title": "exact match", "range": [0, 1.02]},
-                      legend={"orientation": "h", "y": -0.2})
+                      legend={"orientation": "h", "y": -0.2}, colorway=sweep_colours())
     return fig
 
 
@@ -303,6 +310,7 @@ def sweep_svg(table: pd.DataFrame, width: int = 720, height: int = 400) -> str:
     best accuracy against d_model (log axis), one coloured line per variant, the 95% bar dashed."""
     from html import escape
 
+    colours = sweep_colours()
     best = best_rows(table)
     widths = sorted(set(WIDTHS) | {int(w) for w in best.d_model}) if len(best) else list(WIDTHS)
     left, right, top, bottom = 56, 200, 30, 44
@@ -327,7 +335,7 @@ def sweep_svg(table: pd.DataFrame, width: int = 720, height: int = 400) -> str:
         out.append(f'<text x="{x(w):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{w}</text>')
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">d_model</text>')
     for i, (variant, rows) in enumerate(best.groupby("variant")):
-        colour = PALETTE[i % len(PALETTE)]
+        colour = colours[i % len(colours)]
         points = [(x(int(w)), y(float(a))) for w, a in zip(rows.d_model, rows.accuracy, strict=True)]
         out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
                    + " ".join(f"{px:.1f},{py:.1f}" for px, py in points) + '"/>')
@@ -340,11 +348,23 @@ def sweep_svg(table: pd.DataFrame, width: int = 720, height: int = 400) -> str:
     return "\n".join(out) + "\n"
 
 
-# Plotly's default qualitative colours, so the SVG and the Models page agree.
-PALETTE = ("#636efa", "#ef553b", "#00cc96", "#ab63fa", "#ffa15a", "#19d3f3", "#ff6692", "#b6e880", "#ff97ff",
-           "#fecb52", "#1f77b4", "#8c564b")
+def save_outputs(root: Path, table: pd.DataFrame) -> Path:
+    """The sweep's table (markdown) and figure (Plotly JSON for the app, SVG) beside its runs."""
+    folder = root / SWEEP_DIR
+    atomic_write_text(folder / "figure.json", sweep_figure(table).to_json())
+    atomic_write_text(folder / "figure.svg", sweep_svg(table))
+    atomic_write_text(folder / "table.md", markdown_table(table) + "\n")
+    return folder
+
+
+def publish(models_dir: Path, table: pd.DataFrame) -> list[str]:
+    """The committed copy beside the zoo: the table, its SVG figure (the README's), and every recall
+    card's ``recall_grid`` section (:func:`publish_into_cards`, whose updated folders it returns)."""
+    atomic_write_parquet(Path(models_dir) / PUBLISHED, table)
+    atomic_write_text(Path(models_dir) / PUBLISHED_FIGURE, sweep_svg(table))
+    return publish_into_cards(models_dir, table)
 
 
 __all__ = ["LRS", "VARIANTS", "WIDTHS", "RunSpec", "best_rows", "entry_recipe", "grid", "markdown_table", "promote",
-           "publish_into_cards", "run_one",
-           "smallest_solving", "sweep_figure", "sweep_svg", "sweep_table"]
+           "publish", "publish_into_cards",
+           "run_one", "save_outputs", "smallest_solving", "sweep_figure", "sweep_svg", "sweep_table"]
