@@ -240,3 +240,30 @@ def test_worker_processes_get_the_arguments_without_the_workers_option():
 
     argv = ["zoo", "recall-sweep", "--workers", "2", "--width", "128", "--workers=3", "--lr", "3e-3"]
     assert without_option(argv, "--workers") == ["zoo", "recall-sweep", "--width", "128", "--lr", "3e-3"]
+
+
+def test_wb_zoo_promote_hands_an_entrys_own_run_to_the_build_and_checks_where_it_stopped(tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from workbench.cli import app
+    from workbench.zoo import entries
+
+    monkeypatch.setattr(recall_grid, "MEASURE_EXAMPLES", 20)
+    spec = recall_grid.RunSpec("mingru-conv4", 8, 3e-3, steps=3)
+    recall_grid.run_one(spec, tmp_path)
+    entry = entries.from_sweep("mingru-recall-test", spec, steps_trained=3)
+    wrong = entries.from_sweep("mingru-recall-wrong", spec, steps_trained=2)
+    monkeypatch.setattr(entries, "ZOO", [entry, wrong, *entries.ZOO])
+    runner = CliRunner()
+    done = runner.invoke(app, ["zoo", "promote", entry.name, "--artifacts", str(tmp_path)])
+    assert done.exit_code == 0, done.output
+    assert sorted(p.name for p in (tmp_path / "runs" / entry.name / "checkpoints").iterdir()) == \
+        sorted(p.name for p in (recall_grid.run_dir(tmp_path, spec) / "checkpoints").iterdir())
+    again = runner.invoke(app, ["zoo", "promote", entry.name, "--artifacts", str(tmp_path)])
+    assert again.exit_code != 0 and "--replace" in again.output
+    replaced = runner.invoke(app, ["zoo", "promote", entry.name, "--replace", "--artifacts", str(tmp_path)])
+    assert replaced.exit_code == 0 and len(list((tmp_path / "runs").glob(f"{entry.name}.replaced-*"))) == 1
+    mismatch = runner.invoke(app, ["zoo", "promote", wrong.name, "--artifacts", str(tmp_path)])
+    assert mismatch.exit_code != 0 and "stopped at step 3" in mismatch.output
+    not_swept = runner.invoke(app, ["zoo", "promote", "transformer-recall", "--artifacts", str(tmp_path)])
+    assert not_swept.exit_code != 0 and "not a recall-sweep run" in not_swept.output

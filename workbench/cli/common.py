@@ -35,7 +35,7 @@ def friendly_errors(fn):
 
         try:
             return fn(*args, **kwargs)
-        except (ValueError, KeyError, FileNotFoundError, PermissionError, CorruptArtifactError, CatalogError,
+        except (ValueError, KeyError, FileNotFoundError, FileExistsError, PermissionError, CorruptArtifactError, CatalogError,
                 TrainingDiverged) as err:
             msg = err.args[0] if isinstance(err, KeyError) and err.args else err
             typer.secho(f"error: {msg}", fg="red", err=True)

@@ -1,4 +1,4 @@
-"""`wb zoo build | dicts | verify | checksums | list | recall-sweep`: the committed model zoo."""
+"""`wb zoo build | dicts | verify | checksums | list | recall-sweep | promote`: the committed model zoo."""
 
 from __future__ import annotations
 
@@ -165,6 +165,26 @@ def zoo_recall_sweep(
             for name in recall_grid.publish(models_root(models), table):
                 typer.echo(f"  {name}: card's recall_grid section updated")
     typer.echo(recall_grid.markdown_table(table))
+
+
+@zoo_app.command("promote")
+@friendly_errors
+def zoo_promote(
+    name: Annotated[str, typer.Argument(help="A zoo entry made from a recall-sweep run (from_sweep in entries.py).")],
+    replace: Annotated[bool, typer.Option(help="Move the entry's existing run folder aside "
+                                               "(<name>.replaced-<time>) instead of refusing.")] = False,
+    artifacts: ArtifactsOpt = None,
+):
+    """Hand a finished recall-sweep run to its zoo entry: `wb zoo build --only NAME --force` then resumes
+    at the run's last step and trains nothing (a fresh machine retrains the entry from its recipe)."""
+    from workbench.store import Catalog
+    from workbench.zoo import recall_grid
+    from workbench.zoo.entries import zoo_entry
+
+    entry = zoo_entry(name)
+    target = recall_grid.promote_entry(Catalog(artifacts).root, entry, replace)
+    typer.echo(f"{entry.sweep_run.name} -> {target}")
+    typer.echo(f"next: wb zoo build --only {name} --force, then wb zoo dicts --force --only {name}")
 
 
 def without_option(argv: list[str], option: str) -> list[str]:

@@ -38,6 +38,9 @@ class ZooEntry:
     # whole schedule): a recall-sweep run that stopped early there, promoted into the zoo
     # (recall_grid.promote), rebuilds to the same weights.
     stop_after: int | None = None
+    # The recall-sweep run this entry is (``from_sweep``): ``wb zoo promote NAME`` hands its checkpoints
+    # to the build.
+    sweep_run: RunSpec | None = None
 
     @property
     def measured_task(self) -> dict:
@@ -81,9 +84,9 @@ def from_sweep(name: str, spec: RunSpec, steps_trained: int, **fields) -> ZooEnt
     """A recall entry that is a run of issue #16's sweep (``wb zoo recall-sweep``): its model, task and
     training exactly (:func:`workbench.zoo.recall_grid.entry_recipe`), so that ``recall_grid.promote``
     hands the run's checkpoints to the build and a fresh machine retrains it to the same weights; the card
-    gets the sweep's rows for its architecture."""
+    gets the sweep's rows for its architecture. ``wb zoo promote NAME`` does the handing over."""
     return ZooEntry(name=name, **entry_recipe(spec, steps_trained), sweep=True, card_sections=(SWEEP_SECTION,),
-                    **fields)
+                    sweep_run=spec, **fields)
 
 
 SWEEP_SECTION = "workbench.zoo.recall_grid:zoo_card_section"  # the card's "recall_grid": the sweep's rows

@@ -175,11 +175,14 @@ def budget_grew(root: Path, spec: RunSpec) -> bool:
     return log.is_file() and "train.steps:" in log.read_text()
 
 
-def promote(root: Path, spec: RunSpec, entry_name: str) -> Path:
+def promote(root: Path, spec: RunSpec, entry_name: str, replace: bool = False) -> Path:
     """Copy a finished run's checkpoints to ``<root>/runs/<entry_name>``, where ``wb zoo build`` looks:
     the build then resumes at the run's last step and trains nothing (the entry must hold
-    :func:`entry_recipe`'s fields; a different config is refused by the trainer's resume check)."""
+    :func:`entry_recipe`'s fields; a different config is refused by the trainer's resume check).
+    ``replace`` moves an existing run folder of the entry aside (``<entry_name>.replaced-<UTC time>``)
+    instead of refusing; nothing is deleted."""
     import shutil
+    import time
 
     source, target = run_dir(root, spec) / "checkpoints", root / "runs" / entry_name / "checkpoints"
     if not (run_dir(root, spec) / "result.json").is_file():
@@ -188,10 +191,33 @@ def promote(root: Path, spec: RunSpec, entry_name: str) -> Path:
         raise ValueError(f"recall-sweep run {spec.name} was resumed with a larger step budget, so its learning-rate "
                          "schedule changed midway and a fresh build would not reach its weights; build the entry "
                          "from scratch instead (wb zoo build --only NAME)")
+    if target.parent.exists() and replace:
+        target.parent.rename(target.parent.with_name(f"{entry_name}.replaced-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"))
     if target.exists():
-        raise FileExistsError(f"{target} exists; remove it to promote {spec.name} into {entry_name}")
+        raise FileExistsError(f"{target} exists; remove it (or pass replace / --replace) to promote {spec.name} "
+                              f"into {entry_name}")
     shutil.copytree(source, target)
     return target
+
+
+def promote_entry(root: Path, entry, replace: bool = False) -> Path:
+    """:func:`promote` for a zoo entry made by ``entries.from_sweep``: its own run, checked to have stopped
+    where the entry says (otherwise the build would train on, or past, the run's weights)."""
+    spec = getattr(entry, "sweep_run", None)
+    if spec is None:
+        raise ValueError(f"zoo entry {entry.name!r} is not a recall-sweep run (entries.from_sweep); "
+                         "build it with wb zoo build --only NAME")
+    done = run_dir(root, spec) / "result.json"
+    if not done.is_file():
+        raise FileNotFoundError(f"recall-sweep run {spec.name} (zoo entry {entry.name}) has not finished; run "
+                                f"wb zoo recall-sweep --variant {spec.variant} --width {spec.d_model} --lr {spec.lr:g}"
+                                + (f" --steps {spec.steps} --fresh" if spec.fresh else ""))
+    stopped = json.loads(done.read_text())["steps_trained"]
+    expected = entry.stop_after or entry.train.steps
+    if stopped != expected:
+        raise ValueError(f"recall-sweep run {spec.name} stopped at step {stopped}, but zoo entry {entry.name} "
+                         f"says {expected}; set steps_trained={stopped} in its from_sweep(...) in entries.py")
+    return promote(root, spec, entry.name, replace)
 
 
 def card_section(table: pd.DataFrame, architecture: str) -> dict:
@@ -366,5 +392,4 @@ def publish(models_dir: Path, table: pd.DataFrame) -> list[str]:
 
 
 __all__ = ["LRS", "VARIANTS", "WIDTHS", "RunSpec", "best_rows", "entry_recipe", "grid", "markdown_table", "promote",
-           "publish", "publish_into_cards",
-           "run_one", "save_outputs", "smallest_solving", "sweep_figure", "sweep_svg", "sweep_table"]
+           "promote_entry", "publish", "publish_into_cards", "run_one", "save_outputs", "smallest_solving", "sweep_figure", "sweep_svg", "sweep_table"]
