@@ -165,6 +165,27 @@ def test_the_svg_figure_draws_each_variants_best_points_where_they_belong():
     assert {t.text for t in root.iter(ns + "text")} >= {"lstm", "mamba", "64", "128", "256", "d_model"}
 
 
+def test_longer_schedules_are_reported_beside_the_grid_budget_not_mixed_into_it():
+    import xml.etree.ElementTree as ET
+
+    rows = [("mingru", 64, 1e-2, 0.58, 2000, 2000, False), ("mingru", 64, 1e-2, 0.973, 20000, 20000, True),
+            ("mingru", 128, 3e-3, 0.52, 2000, 2000, False), ("mamba", 128, 1e-2, 0.99, 1250, 2000, False)]
+    table = pd.DataFrame(rows, columns=["variant", "d_model", "lr", "accuracy", "steps_trained", "steps", "fresh"])
+    table["params"] = 1
+    assert recall_grid.longer_schedule(table).tolist() == [False, True, False, False]
+    text = recall_grid.markdown_table(table)
+    assert ("| mingru | 58.0% (lr 0.01, 2000 steps; 1 lr) · longer: 97.3% (lr 0.01, 20000 of 20000 steps) "
+            "| 52.0% (lr 0.003, 2000 steps; 1 lr) |") in text
+    assert "| mamba | - | 99.0% (lr 0.01, 1250 steps; 1 lr) |" in text
+    fig = recall_grid.sweep_figure(table)
+    lines = {t.name: list(t.y) for t in fig.data}
+    assert lines == {"mamba": [0.99], "mingru": [0.58, 0.52], "mingru (longer schedule)": [0.973]}
+    root = ET.fromstring(recall_grid.sweep_svg(table))
+    ns = "{http://www.w3.org/2000/svg}"
+    assert len(list(root.iter(ns + "polyline"))) == 2  # the grid's budget: one line per variant
+    assert sum(c.get("fill") == "none" for c in root.iter(ns + "circle")) == 1  # the longer schedule, open
+
+
 def test_models_page_draws_the_published_sweep_and_the_curves_caption(tmp_path, monkeypatch):
     from pathlib import Path
 

@@ -116,7 +116,8 @@ def zoo_recall_sweep(
                                                       "mixers, minGRU and LSTM with conv, and the references).")] = None,
     width: Annotated[list[int] | None, typer.Option("--width", help="d_model values (default 64, 128, 256).")] = None,
     lr: Annotated[list[float] | None, typer.Option("--lr", help="Learning rates (default 3e-4, 1e-3, 3e-3, 1e-2).")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="Step budget per run (early stop at 99%).")] = 2000,
+    steps: Annotated[int, typer.Option(min=1, help="Step budget per run (early stop at 99%; the grid's is 2000, "
+                                                   "longer ones are reported apart).")] = 2000,
     fresh: Annotated[bool, typer.Option("--fresh", help="Train --steps from scratch as runs of their own "
                                         "(named -s<steps>; one learning-rate schedule, promotable into the zoo) "
                                         "instead of resuming the shorter runs to it.")] = False,

@@ -21,7 +21,9 @@ plots the best accuracy against d_model. We do the same on the zoo's recall reci
    hands its checkpoints to ``wb zoo build``, which then trains nothing, while a fresh machine retrains
    the entry to the same weights.
 5. :func:`sweep_table` collects every ``result.json`` into ``table.parquet``; :func:`best_rows` keeps the
-   best learning rate per (variant, d_model), the points of Zoology's plot (:func:`sweep_figure`).
+   best learning rate per (variant, d_model). Zoology compares mixers at one budget, so the table and
+   the plot (:func:`sweep_figure`) draw the grid's budget (:data:`GRID_STEPS`) as the lines and report
+   longer schedules (:func:`longer_schedule`) beside them, never mixed into the same cell or line.
 """
 
 from __future__ import annotations
@@ -66,6 +68,7 @@ WIDTHS = (64, 128, 256)
 LRS = (3e-4, 1e-3, 3e-3, 1e-2)
 REFERENCE_LRS = (1e-3, 3e-3)  # the zoo's Transformer recipe is lr 1e-3
 STOP_AT = 0.99
+GRID_STEPS = 2000  # every grid point's budget; longer schedules (--steps N [--fresh]) are reported apart
 EVAL_TASK = {"name": "recall"}
 MEASURE_EXAMPLES = 2000
 SWEEP_DIR = Path("sweeps") / "recall"
@@ -78,7 +81,7 @@ class RunSpec:
     variant: str
     d_model: int
     lr: float
-    steps: int = 2000
+    steps: int = GRID_STEPS
     seed: int = 0
     fresh: bool = False  # a budget of its own (one schedule from step 0), not a resumed 2000-step run
 
@@ -102,7 +105,7 @@ def check_variants(names) -> list[str]:
     return list(names)
 
 
-def grid(variants=None, widths=WIDTHS, lrs=None, steps: int = 2000, fresh: bool = False) -> list[RunSpec]:
+def grid(variants=None, widths=WIDTHS, lrs=None, steps: int = GRID_STEPS, fresh: bool = False) -> list[RunSpec]:
     """The runs, cheapest first (by width, then variant, then learning rate); references at their rates."""
     variants = check_variants(variants or (*MAIN_VARIANTS, *REFERENCES))
     runs = [RunSpec(v, w, lr, steps, fresh=fresh) for w in widths for v in variants
@@ -274,6 +277,17 @@ def best_rows(table: pd.DataFrame) -> pd.DataFrame:
     return ranked.groupby(["variant", "d_model"], as_index=False).first().sort_values(["variant", "d_model"])
 
 
+def longer_schedule(table: pd.DataFrame) -> pd.Series:
+    """Which runs had a budget above the grid's: fresh longer schedules, or grid runs resumed to more
+    steps (a table without the ``steps`` / ``fresh`` columns holds grid runs only)."""
+    longer = pd.Series(False, index=table.index)
+    if "steps" in table:
+        longer |= table["steps"].fillna(GRID_STEPS) > GRID_STEPS
+    if "fresh" in table:
+        longer |= table["fresh"].fillna(False).astype(bool)
+    return longer
+
+
 def smallest_solving(table: pd.DataFrame, target: float = 0.95) -> dict[str, dict]:
     """Per variant, the smallest d_model (then fewest parameters) whose best run reaches ``target``."""
     best = best_rows(table)
@@ -286,23 +300,29 @@ def smallest_solving(table: pd.DataFrame, target: float = 0.95) -> dict[str, dic
 
 
 def markdown_table(table: pd.DataFrame) -> str:
-    """Best accuracy per variant (rows) and d_model (columns), with the learning rate that reached it."""
-    best = best_rows(table)
-    if not len(best):
+    """Best accuracy per variant (rows) and d_model (columns) within the grid's budget, with the learning
+    rate that reached it and how many rates were tried; a longer schedule's best follows it, marked."""
+    if not len(table):
         return "(no finished runs)"
-    widths = sorted(best.d_model.unique())
+    longer = longer_schedule(table)
+    grid_best, long_best = best_rows(table[~longer]), best_rows(table[longer])
+    widths = sorted(table.d_model.unique())
     lines = ["| variant | " + " | ".join(f"d_model {w}" for w in widths) + " |",
              "|---|" + "---|" * len(widths)]
-    for variant, rows in best.groupby("variant", sort=False):
+    for variant in sorted(table.variant.unique()):
         cells = []
         for w in widths:
-            hit = rows[rows.d_model == w]
-            if not len(hit):
-                cells.append("-")
-                continue
-            r = hit.iloc[0]
-            tried = table[(table.variant == variant) & (table.d_model == w)].lr.nunique()
-            cells.append(f"{r.accuracy:.1%} (lr {r.lr:g}, {int(r.steps_trained)} steps; {tried} lr)")
+            parts = []
+            hit = grid_best[(grid_best.variant == variant) & (grid_best.d_model == w)]
+            if len(hit):
+                r = hit.iloc[0]
+                tried = table[~longer & (table.variant == variant) & (table.d_model == w)].lr.nunique()
+                parts.append(f"{r.accuracy:.1%} (lr {r.lr:g}, {int(r.steps_trained)} steps; {tried} lr)")
+            hit = long_best[(long_best.variant == variant) & (long_best.d_model == w)]
+            if len(hit):
+                r = hit.iloc[0]
+                parts.append(f"longer: {r.accuracy:.1%} (lr {r.lr:g}, {int(r.steps_trained)} of {int(r.steps)} steps)")
+            cells.append(" · ".join(parts) or "-")
         lines.append(f"| {variant} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -316,29 +336,44 @@ def sweep_colours() -> list[str]:
 
 
 def sweep_figure(table: pd.DataFrame):
-    """Zoology's plot: best single-query recall accuracy against d_model, one line per variant."""
+    """Zoology's plot: best single-query recall accuracy against d_model within the grid's budget, one
+    line per variant; longer schedules as open markers of the variant's colour."""
     import plotly.graph_objects as go
 
-    best = best_rows(table)
+    longer = longer_schedule(table)
+    grid_best, long_best = best_rows(table[~longer]), best_rows(table[longer])
+    colours = sweep_colours()
     fig = go.Figure()
-    for variant, rows in best.groupby("variant"):
-        fig.add_trace(go.Scatter(x=rows.d_model, y=rows.accuracy, mode="lines+markers", name=variant,
-                                 text=[f"lr {lr:g}, {int(n)} steps" for lr, n in zip(rows.lr, rows.steps_trained, strict=True)]))
-    fig.update_layout(title="Single-query recall (8 pairs, 28 tokens): best over learning rates",
+    for i, variant in enumerate(sorted(table.variant.unique())):
+        colour = colours[i % len(colours)]
+        for rows, longer_runs in ((grid_best[grid_best.variant == variant], False),
+                                  (long_best[long_best.variant == variant], True)):
+            if not len(rows):
+                continue
+            fig.add_trace(go.Scatter(
+                x=rows.d_model, y=rows.accuracy, mode="markers" if longer_runs else "lines+markers",
+                name=f"{variant} (longer schedule)" if longer_runs else variant, legendgroup=variant,
+                marker={"color": colour, "symbol": "circle-open" if longer_runs else "circle", "size": 10 if longer_runs else 7},
+                line={"color": colour},
+                text=[f"lr {lr:g}, {int(n)} steps" for lr, n in zip(rows.lr, rows.steps_trained, strict=True)]))
+    fig.update_layout(title=f"Single-query recall (8 pairs, 28 tokens): best over learning rates, {GRID_STEPS} steps "
+                            "(open: longer schedules)",
                       xaxis={"title": "d_model", "type": "log", "tickvals": list(WIDTHS)},
                       yaxis={"title": "exact match", "range": [0, 1.02]},
-                      legend={"orientation": "h", "y": -0.2}, colorway=sweep_colours())
+                      legend={"orientation": "h", "y": -0.2})
     return fig
 
 
 def sweep_svg(table: pd.DataFrame, width: int = 720, height: int = 400) -> str:
     """The same plot as :func:`sweep_figure` as a standalone SVG, for the README (no browser, no kaleido):
-    best accuracy against d_model (log axis), one coloured line per variant, the 95% bar dashed."""
+    best accuracy within the grid's budget against d_model (log axis), one coloured line per variant,
+    longer schedules as open circles, the 95% bar dashed."""
     from html import escape
 
     colours = sweep_colours()
-    best = best_rows(table)
-    widths = sorted(set(WIDTHS) | {int(w) for w in best.d_model}) if len(best) else list(WIDTHS)
+    longer = longer_schedule(table) if len(table) else pd.Series(dtype=bool)
+    grid_best, long_best = best_rows(table[~longer]), best_rows(table[longer])
+    widths = sorted(set(WIDTHS) | {int(w) for w in table.d_model}) if len(table) else list(WIDTHS)
     left, right, top, bottom = 56, 200, 30, 44
     plot_w, plot_h = width - left - right, height - top - bottom
     lo, hi = math.log(widths[0]), math.log(widths[-1])
@@ -351,7 +386,8 @@ def sweep_svg(table: pd.DataFrame, width: int = 720, height: int = 400) -> str:
 
     out = [(f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" '
            'font-size="12">'), f'<rect width="{width}" height="{height}" fill="white"/>',
-           f'<text x="{left}" y="18" font-size="14">Single-query recall (8 pairs): best run per width</text>']
+           (f'<text x="{left}" y="18" font-size="14">Single-query recall, 8 pairs: best of {GRID_STEPS} steps per '
+            'width (open: longer schedules)</text>')]
     for acc in (0, 0.25, 0.5, 0.75, 1.0):
         out.append(f'<line x1="{left}" x2="{left + plot_w}" y1="{y(acc):.1f}" y2="{y(acc):.1f}" stroke="#ddd"/>')
         out.append(f'<text x="{left - 6}" y="{y(acc) + 4:.1f}" text-anchor="end">{acc:.0%}</text>')
@@ -360,12 +396,17 @@ def sweep_svg(table: pd.DataFrame, width: int = 720, height: int = 400) -> str:
     for w in widths:
         out.append(f'<text x="{x(w):.1f}" y="{top + plot_h + 16}" text-anchor="middle">{w}</text>')
     out.append(f'<text x="{left + plot_w / 2}" y="{height - 8}" text-anchor="middle">d_model</text>')
-    for i, (variant, rows) in enumerate(best.groupby("variant")):
+    for i, variant in enumerate(sorted(table.variant.unique()) if len(table) else []):
         colour = colours[i % len(colours)]
+        rows = grid_best[grid_best.variant == variant]
         points = [(x(int(w)), y(float(a))) for w, a in zip(rows.d_model, rows.accuracy, strict=True)]
-        out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
-                   + " ".join(f"{px:.1f},{py:.1f}" for px, py in points) + '"/>')
+        if points:
+            out.append(f'<polyline fill="none" stroke="{colour}" stroke-width="2" points="'
+                       + " ".join(f"{px:.1f},{py:.1f}" for px, py in points) + '"/>')
         out += [f'<circle cx="{px:.1f}" cy="{py:.1f}" r="3.5" fill="{colour}"/>' for px, py in points]
+        rows = long_best[long_best.variant == variant]
+        out += [f'<circle cx="{x(int(w)):.1f}" cy="{y(float(a)):.1f}" r="5.5" fill="none" stroke="{colour}" '
+                'stroke-width="2"/>' for w, a in zip(rows.d_model, rows.accuracy, strict=True)]
         ly = top + 14 + 18 * i
         out.append(f'<line x1="{left + plot_w + 12}" x2="{left + plot_w + 32}" y1="{ly - 4}" y2="{ly - 4}" '
                    f'stroke="{colour}" stroke-width="2"/>')
@@ -391,5 +432,5 @@ def publish(models_dir: Path, table: pd.DataFrame) -> list[str]:
     return publish_into_cards(models_dir, table)
 
 
-__all__ = ["LRS", "VARIANTS", "WIDTHS", "RunSpec", "best_rows", "entry_recipe", "grid", "markdown_table", "promote",
+__all__ = ["LRS", "VARIANTS", "WIDTHS", "RunSpec", "best_rows", "entry_recipe", "grid", "longer_schedule", "markdown_table", "promote",
            "promote_entry", "publish", "publish_into_cards", "run_one", "save_outputs", "smallest_solving", "sweep_figure", "sweep_svg", "sweep_table"]
