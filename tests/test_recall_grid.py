@@ -25,7 +25,7 @@ def conv_model(arch: str, width: int = 3):
     return build_model(config).to(F64).eval()
 
 
-@pytest.mark.parametrize("arch", ["mingru", "lstm"])
+@pytest.mark.parametrize("arch", ["mingru", "lstm", "rwkv"])
 def test_short_conv_keeps_causality_and_carried_state(arch):
     model = conv_model(arch)
     toks = torch.randint(0, VOCAB, (2, 12), generator=torch.Generator().manual_seed(0))
@@ -40,7 +40,8 @@ def test_short_conv_keeps_causality_and_carried_state(arch):
     after = model(changed)
     assert torch.equal(after[:, :7], full[:, :7])
     assert not torch.allclose(after[:, 7], full[:, 7])
-    window, _inner = state[0]
+    mixer_state = state[0][0] if arch == "rwkv" else state[0]  # RWKV's block carries (time-mix, channel-mix)
+    window, _inner = mixer_state
     assert window.shape == (2, 2, 8)  # width - 1 inputs carried
 
 

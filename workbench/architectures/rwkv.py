@@ -32,6 +32,11 @@ d_model) with its shift inside.
 
 Carried state per block: ``((x_last, p, q, o), x_last)`` for (time-mix, channel-mix), each [B, d].
 
+Option ``conv_kernel`` (default 0, none; not in RWKV): a short causal convolution in front of the
+time-mix (components.ShortConv, issue #16's recall sweep: Zoology gives every recurrent mixer one).
+The token shift then reads the convolved input, and the time-mix state is ``(conv window, (x_last, p,
+q, o))``. The channel-mix is unchanged.
+
 Initialisation as the reference (RWKV-LM, RWKV-v4neo/src/model.py), with r0 = l/(L-1) (0 for L = 1)
 and r1 = 1 - l/L for layer l of L, and ddd_i = i/d:
 - time_decay_h = -5 + 8 (h/(d-1))^(0.7 + 1.3 r0): per-channel decays spread from slow to fast, the
@@ -53,7 +58,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformer_lens.hook_points import HookPoint
 
-from workbench.architectures.components import ArchConfig, BlockLM
+from workbench.architectures.components import ArchConfig, BlockLM, ShortConv
 from workbench.architectures.wkv import WKV_HOOKS, wkv_parallel
 
 DEFAULTS = {
@@ -61,6 +66,7 @@ DEFAULTS = {
     "d_model": 64,
     "d_mlp": 256,  # the channel-mix hidden width (the reference's dim_ffn = 4 * n_embd)
     "norm": "layer",
+    "conv_kernel": 0,  # a short causal conv before the time-mix; 0: none (RWKV as published)
 }
 
 
@@ -87,7 +93,7 @@ def _channel_ramp(d: int) -> torch.Tensor:
 class TimeMix(nn.Module):
     """The mixer: token shift, WKV, receptance gate, output projection."""
 
-    def __init__(self, d_model: int, layer: int, n_layers: int):
+    def __init__(self, d_model: int, layer: int, n_layers: int, conv_kernel: int = 0):
         super().__init__()
         r0, r1 = _layer_ratios(layer, n_layers)
         ramp, channel = _channel_ramp(d_model), torch.arange(d_model, dtype=torch.float32)
@@ -101,8 +107,10 @@ class TimeMix(nn.Module):
             nn.Linear(d_model, d_model, bias=False) for _ in range(4))
         for name in ("r", "k", "v", "r_gate", "decay", "wkv", *WKV_HOOKS):
             setattr(self, f"hook_{name}", HookPoint())
+        self.short_conv = ShortConv(d_model, conv_kernel)
 
     def forward(self, x: torch.Tensor, state: tuple | None = None):
+        x, window, state = self.short_conv.split(x, state)
         last, wkv_state = (state[0], state[1:]) if state is not None else (None, None)
         prev, last = token_shift(x, last)
         r = self.hook_r(self.receptance(shift_mix(x, prev, self.mu_r)))
@@ -111,7 +119,7 @@ class TimeMix(nn.Module):
         w = self.hook_decay(-torch.exp(self.time_decay))
         wkv, wkv_state = wkv_parallel(w, self.time_first, k, v, wkv_state, hooks=self)
         out = self.output(self.hook_r_gate(torch.sigmoid(r)) * self.hook_wkv(wkv))
-        return out, (last, *wkv_state)
+        return out, self.short_conv.pack(window, (last, *wkv_state))
 
 
 class ChannelMix(nn.Module):
@@ -147,7 +155,7 @@ def build(config: dict) -> BlockLM:
     cfg = ArchConfig({**DEFAULTS, **config})
     return BlockLM(
         cfg,
-        make_mixer=lambda c, layer: TimeMix(c.d_model, layer, c.n_layers),
+        make_mixer=lambda c, layer: TimeMix(c.d_model, layer, c.n_layers, c.get("conv_kernel", 0)),
         make_mlp=lambda c, layer: ChannelMix(c.d_model, c.d_mlp, layer, c.n_layers),
         mixer_name="time_mix",
         mlp_name="channel_mix",

@@ -113,7 +113,7 @@ def zoo_list(models: ModelsOpt = None):
 @friendly_errors
 def zoo_recall_sweep(
     variant: Annotated[list[str] | None, typer.Option("--variant", help="Variants (default: the four recurrent "
-                                                      "mixers, minGRU and LSTM with conv, and the references).")] = None,
+                                                      "mixers, RWKV, minGRU and LSTM with conv, and the references).")] = None,
     width: Annotated[list[int] | None, typer.Option("--width", help="d_model values (default 64, 128, 256).")] = None,
     lr: Annotated[list[float] | None, typer.Option("--lr", help="Learning rates (default 3e-4, 1e-3, 3e-3, 1e-2).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="Step budget per run (early stop at 99%; the grid's is 2000, "

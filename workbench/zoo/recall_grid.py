@@ -4,8 +4,8 @@ which width and learning rate.
 Zoology (Arora et al. 2023) trains each mixer at several widths, sweeps the learning rate at each, and
 plots the best accuracy against d_model. We do the same on the zoo's recall recipe:
 
-1. The grid: architecture variants (:data:`VARIANTS`: the four recurrent mixers, minGRU and LSTM also
-   with a short causal convolution in front, Mamba with a larger state; the Transformer and xLSTM as
+1. The grid: architecture variants (:data:`VARIANTS`: the four recurrent mixers, RWKV, minGRU and LSTM
+   also with a short causal convolution in front, Mamba with a larger state; the Transformer and xLSTM as
    references) x d_model (64, 128, 256) x learning rates (:data:`LRS`). 2 layers, d_mlp = 4 d_model.
 2. Each point is one run of the shared trainer (:func:`workbench.training.train`) on ``recall_multi``
    (eight queries a row, the zoo's recipe), evaluated every ``eval_every`` steps on single-query
@@ -47,6 +47,7 @@ from workbench.training import TrainConfig, train
 RECALL_MULTI = {"name": "recall_multi", "n_queries": 8}
 VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "rwkv": ("rwkv", {}, RECALL_MULTI),
+    "rwkv-conv4": ("rwkv", {"conv_kernel": 4}, RECALL_MULTI),
     "mamba": ("mamba", {"expand": 1, "d_state": 16}, RECALL_MULTI),
     "mamba-N64": ("mamba", {"expand": 1, "d_state": 64}, RECALL_MULTI),
     "mingru": ("mingru", {}, RECALL_MULTI),
@@ -62,7 +63,7 @@ VARIANTS: dict[str, tuple[str, dict, dict]] = {
     "transformer-abspos": ("transformer", {"n_heads": 4}, RECALL_MULTI),
     "xlstm": ("xlstm", {"n_heads": 4, "slstm_at": []}, RECALL_MULTI),
 }
-MAIN_VARIANTS = ("rwkv", "mamba", "mingru", "mingru-conv4", "lstm", "lstm-conv4")
+MAIN_VARIANTS = ("rwkv", "rwkv-conv4", "mamba", "mingru", "mingru-conv4", "lstm", "lstm-conv4")
 REFERENCES = ("transformer", "xlstm")
 WIDTHS = (64, 128, 256)
 LRS = (3e-4, 1e-3, 3e-3, 1e-2)
